@@ -1,0 +1,9 @@
+//! corekv: a Redis/Valkey-compatible storage server, thread-per-core on glommio.
+
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod telemetry;

@@ -1,0 +1,181 @@
+//! A client connection: reads requests, hands each command to the session, writes replies.
+//!
+//! Everything is bounded. Requests are read only while the replies already produced are below
+//! [`OUTPUT_FLUSH_BYTES`]; past that the replies are written first, so a client that sends and
+//! never reads is throttled by its own socket instead of growing server memory. Unparsed input
+//! is capped by `client-query-buffer-limit`; a protocol error is answered, then the connection
+//! closes.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::clients::ClientInfo;
+use super::session::Session;
+use crate::protocol::{ParseLimits, Parsed, RequestParser};
+use crate::shard::Shard;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Replies are written out once this much is pending, before more requests are read or run.
+pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Why a connection ends.
+enum Close {
+    /// The client went away, or asked to (QUIT), or was killed.
+    Normal,
+    /// The client broke the protocol or a limit; logged.
+    Refused(String),
+}
+
+struct Connection {
+    stream: TcpStream,
+    input: BytesMut,
+    scratch: Vec<u8>,
+    parser: RequestParser,
+    client: Rc<ClientInfo>,
+    shard: Rc<Shard>,
+}
+
+impl Connection {
+    /// Reads more input; `Ok(false)` at end of stream or when the client was killed.
+    async fn read_more(&mut self) -> std::io::Result<bool> {
+        let client = Rc::clone(&self.client);
+        let read = async {
+            let n = self.stream.read(&mut self.scratch).await?;
+            Ok::<usize, std::io::Error>(n)
+        };
+        let killed = async {
+            client.killed().await;
+            Ok(0)
+        };
+        let n = futures_lite::future::or(read, killed).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.input.extend_from_slice(&self.scratch[..n]);
+        self.client
+            .total_net_in
+            .set(self.client.total_net_in.get() + n as u64);
+        self.client.last_interaction.set(Instant::now());
+        self.client.query_buffer_bytes.set(self.input.len());
+        self.shard.stats.borrow_mut().net_input_bytes += n as u64;
+        Ok(true)
+    }
+
+    /// Writes and clears the session's pending replies.
+    async fn write_out(&mut self, session: &mut Session) -> std::io::Result<bool> {
+        if session.out.is_empty() {
+            return Ok(true);
+        }
+        let len = session.out.len();
+        self.client.output_bytes.set(len);
+        let client = Rc::clone(&self.client);
+        let write = async {
+            self.stream.write_all(session.out.as_bytes()).await?;
+            Ok::<bool, std::io::Error>(true)
+        };
+        let killed = async {
+            client.killed().await;
+            Ok(false)
+        };
+        let written = futures_lite::future::or(write, killed).await?;
+        session.out.clear();
+        self.client.output_bytes.set(0);
+        if written {
+            self.client
+                .total_net_out
+                .set(self.client.total_net_out.get() + len as u64);
+            self.shard.stats.borrow_mut().net_output_bytes += len as u64;
+        }
+        Ok(written)
+    }
+
+    /// Runs every complete command in the input. `Some` when the connection must close.
+    async fn run_buffered(&mut self, session: &mut Session) -> std::io::Result<Option<Close>> {
+        loop {
+            let config = self.shard.config();
+            let limits = ParseLimits {
+                max_bulk_bytes: config.proto_max_bulk_len,
+                unauthenticated: session.needs_auth(),
+            };
+            match self.parser.parse(&mut self.input, limits) {
+                Ok(Parsed::Command(args)) => {
+                    session.handle(args).await;
+                    if session.close_after_reply {
+                        session.flush_group().await;
+                        return Ok(Some(Close::Normal));
+                    }
+                    if session.out.len() >= OUTPUT_FLUSH_BYTES {
+                        session.flush_group().await;
+                        if !self.write_out(session).await? {
+                            return Ok(Some(Close::Normal));
+                        }
+                    }
+                }
+                Ok(Parsed::NeedMore) => {
+                    self.client.query_buffer_bytes.set(self.input.len());
+                    return Ok(None);
+                }
+                Err(e) => {
+                    session.flush_group().await;
+                    let message = format!("ERR {e}");
+                    session.out.error(&message);
+                    self.shard.stats.borrow_mut().record_error(&message);
+                    return Ok(Some(Close::Refused(format!(
+                        "Protocol error ({e}) from client id={} addr={}",
+                        self.client.id, self.client.addr
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// Serves one client until it disconnects, is killed, or breaks the protocol.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, client: Rc<ClientInfo>) {
+    let mut session = Session::new(Rc::clone(&shard), Rc::clone(&client));
+    let mut conn = Connection {
+        stream,
+        input: BytesMut::with_capacity(READ_CHUNK_BYTES),
+        scratch: vec![0; READ_CHUNK_BYTES],
+        parser: RequestParser::new(),
+        client,
+        shard,
+    };
+    let outcome = serve_loop(&mut conn, &mut session).await;
+    match outcome {
+        Ok(Close::Normal) => {}
+        Ok(Close::Refused(why)) => log::debug!("{why}"),
+        Err(e) => log::debug!("client id={} closed: {e}", conn.client.id),
+    }
+    session.close();
+}
+
+async fn serve_loop(conn: &mut Connection, session: &mut Session) -> std::io::Result<Close> {
+    loop {
+        let close = conn.run_buffered(session).await?;
+        session.flush_group().await;
+        if !conn.write_out(session).await? {
+            return Ok(Close::Normal);
+        }
+        if let Some(close) = close {
+            return Ok(close);
+        }
+        let limit = conn.shard.config().client_query_buffer_limit;
+        if conn.input.len() as u64 > limit {
+            return Ok(Close::Refused(format!(
+                "Closing client that reached max query buffer length: id={} addr={} (qbuf {} bytes)",
+                conn.client.id,
+                conn.client.addr,
+                conn.input.len()
+            )));
+        }
+        if !conn.read_more().await? {
+            return Ok(Close::Normal);
+        }
+    }
+}

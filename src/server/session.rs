@@ -1,0 +1,630 @@
+//! One client's session: its state (database, protocol, auth, MULTI, WATCH) and the dispatcher
+//! that runs its commands in order.
+//!
+//! Pipelined keyed commands are collected into a *group*: each shard receives, in one message,
+//! the group's commands for its keys, all shards work at the same time, and the replies are put
+//! back in the client's order. Every other command (connection, server, cross-shard) first waits
+//! for the group, so it sees the effects of everything the client sent before it. A group that
+//! only touches the connection's own shard runs in place, writing straight into the output.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::command::table::{flags, Command, Handler, LookupError, Registry, Split};
+use crate::error::{CommandError, CommandResult};
+use crate::protocol::{Args, ReplyBuf};
+use crate::server::clients::ClientInfo;
+use crate::shard::exec::{keyed_job, run_keyed, run_keyed_to_end, KeyedCall, Replies};
+use crate::shard::locks::{LockSet, Mode};
+use crate::shard::mesh::MeshError;
+use crate::shard::tx::{ShardPlan, Transaction};
+use crate::shard::Shard;
+
+/// Keyed commands collected before the group is sent to the shards.
+const GROUP_CALLS_MAX: usize = 1024;
+
+/// A command queued inside MULTI.
+pub struct Queued {
+    pub command: &'static Command,
+    pub args: Args,
+}
+
+/// MULTI state.
+#[derive(Default)]
+pub struct Multi {
+    pub queued: Vec<Queued>,
+    /// A command was refused while queueing: EXEC will answer EXECABORT.
+    pub failed: bool,
+}
+
+/// A key this client WATCHes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    pub shard: usize,
+    pub db: usize,
+    pub key: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Group {
+    per_shard: Vec<Vec<KeyedCall>>,
+    /// The shard of each call, in the client's order.
+    order: Vec<usize>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// A connection's session.
+pub struct Session {
+    pub shard: Rc<Shard>,
+    pub client: Rc<ClientInfo>,
+    pub out: ReplyBuf,
+    pub db: usize,
+    pub authenticated: bool,
+    pub multi: Option<Multi>,
+    pub watched: Vec<Watched>,
+    /// Close the connection once the replies so far are written (QUIT, CLIENT KILL of self).
+    pub close_after_reply: bool,
+    /// Running the body of EXEC: its transaction holds every lock the commands need.
+    pub in_exec: bool,
+    group: Group,
+}
+
+/// Where a keyed command runs.
+enum Route {
+    One(usize),
+    Many,
+}
+
+impl Session {
+    pub fn new(shard: Rc<Shard>, client: Rc<ClientInfo>) -> Self {
+        let authenticated = shard.config().requirepass.is_empty();
+        client.authenticated.set(authenticated);
+        let group = Group {
+            per_shard: (0..shard.count()).map(|_| Vec::new()).collect(),
+            order: Vec::new(),
+        };
+        Session {
+            shard,
+            client,
+            out: ReplyBuf::default(),
+            db: 0,
+            authenticated,
+            multi: None,
+            watched: Vec::new(),
+            close_after_reply: false,
+            in_exec: false,
+            group,
+        }
+    }
+
+    /// True while the client must still authenticate.
+    pub fn needs_auth(&self) -> bool {
+        !self.authenticated && !self.shard.config().requirepass.is_empty()
+    }
+
+    /// Handles one command from the client: checks, MULTI queueing, then execution.
+    pub async fn handle(&mut self, args: Args) {
+        self.client
+            .total_commands
+            .set(self.client.total_commands.get() + 1);
+        let registry = Registry::get();
+        let command = match registry.resolve(&args) {
+            Ok(c) => c,
+            Err(e) => {
+                self.flush_group().await;
+                let message = lookup_error_text(e, &args);
+                self.reject(None, CommandError::Generic(message));
+                return;
+            }
+        };
+        self.client.last_command.set(command.name());
+        if !command.arity_ok(args.len()) {
+            self.flush_group().await;
+            self.reject(
+                Some(command),
+                CommandError::WrongArity(command.name().to_string()),
+            );
+            return;
+        }
+        if self.needs_auth() && !command.has_flag(flags::NO_AUTH) {
+            self.flush_group().await;
+            self.reject(Some(command), CommandError::NoAuth);
+            return;
+        }
+        if self.multi.is_some() {
+            if command.has_flag(flags::NO_MULTI) {
+                self.reject(
+                    Some(command),
+                    CommandError::err("Command not allowed inside a transaction"),
+                );
+                return;
+            }
+            if !is_transaction_control(command) {
+                if let Some(multi) = self.multi.as_mut() {
+                    multi.queued.push(Queued { command, args });
+                    self.client.multi.set(multi.queued.len() as i64);
+                }
+                self.out.queued();
+                return;
+            }
+        }
+        self.execute(command, args).await;
+    }
+
+    /// Refuses a command before it runs; inside MULTI this dooms the transaction.
+    fn reject(&mut self, command: Option<&'static Command>, error: CommandError) {
+        if let Some(multi) = self.multi.as_mut() {
+            multi.failed = true;
+        }
+        let mut message = error.to_string();
+        if let Some(cmd) = command {
+            self.shard.stats.borrow_mut().record_rejected(cmd.name());
+            if cmd.name() == "exec" {
+                // Valkey folds any refusal of EXEC into an EXECABORT and drops the transaction.
+                self.discard_multi();
+                let reason = message.strip_prefix("ERR ").unwrap_or(&message).to_string();
+                message = format!("EXECABORT Transaction discarded because of: {reason}");
+            }
+        }
+        self.out.error(&message);
+        self.shard.stats.borrow_mut().record_error(&message);
+    }
+
+    /// Runs a command that passed the checks (also used for the commands of EXEC).
+    pub async fn execute(&mut self, command: &'static Command, args: Args) {
+        match command.handler {
+            Handler::Keyed(_, split) => match self.route(command, &args) {
+                Route::One(shard) => self.push_keyed(shard, command, args).await,
+                Route::Many => {
+                    self.flush_group().await;
+                    let started = Instant::now();
+                    let result = self.run_cross_shard(command, args, split).await;
+                    self.finish(command, result, started);
+                }
+            },
+            Handler::Conn(run) => {
+                self.flush_group().await;
+                let started = Instant::now();
+                let result = run(self, &args);
+                self.finish(command, result, started);
+            }
+            Handler::Coord(run) => {
+                self.flush_group().await;
+                let started = Instant::now();
+                let result = run(self, args).await;
+                self.finish(command, result, started);
+            }
+            Handler::Container => {
+                self.flush_group().await;
+                self.reject(
+                    Some(command),
+                    CommandError::WrongArity(command.name().to_string()),
+                );
+            }
+        }
+    }
+
+    /// Writes a command's error (if any) and counts the call.
+    fn finish(&mut self, command: &'static Command, result: CommandResult, started: Instant) {
+        let failed = result.is_err();
+        let mut stats = self.shard.stats.borrow_mut();
+        if let Err(e) = result {
+            let message = e.to_string();
+            self.out.error(&message);
+            stats.record_error(&message);
+        }
+        let usec = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.record_call(command.name(), usec, failed);
+    }
+
+    fn route(&self, command: &Command, args: &Args) -> Route {
+        if self.shard.count() == 1 {
+            return Route::One(0);
+        }
+        let mut target = None;
+        for position in command.key_positions(args) {
+            let shard = self.shard.shard_of(args.get(position));
+            match target {
+                None => target = Some(shard),
+                Some(t) if t != shard => return Route::Many,
+                Some(_) => {}
+            }
+        }
+        Route::One(target.unwrap_or(self.shard.index()))
+    }
+
+    async fn push_keyed(&mut self, shard: usize, command: &'static Command, args: Args) {
+        self.group.per_shard[shard].push(KeyedCall {
+            command,
+            args,
+            db: self.db,
+            counted: true,
+        });
+        self.group.order.push(shard);
+        if self.group.order.len() >= GROUP_CALLS_MAX {
+            self.flush_group().await;
+        }
+    }
+
+    /// Runs the collected keyed commands and writes their replies in the client's order.
+    pub async fn flush_group(&mut self) {
+        if self.group.is_empty() {
+            return;
+        }
+        let in_tx = self.in_exec;
+        let local = self.shard.index();
+        let order = std::mem::take(&mut self.group.order);
+        let used: Vec<usize> = (0..self.group.per_shard.len())
+            .filter(|&s| !self.group.per_shard[s].is_empty())
+            .collect();
+        if used == [local] {
+            let calls = std::mem::take(&mut self.group.per_shard[local]);
+            run_keyed_to_end(&self.shard, &calls, &mut self.out, None, in_tx).await;
+            return;
+        }
+        let protocol = self.out.protocol();
+        let mut remote = Vec::new();
+        for &s in used.iter().filter(|&&s| s != local) {
+            let calls = std::mem::take(&mut self.group.per_shard[s]);
+            let count = calls.len();
+            let call = self
+                .shard
+                .call_outcome::<Replies, _>(s, keyed_job(calls, protocol, in_tx));
+            remote.push((s, count, call));
+        }
+        self.shard.stats.borrow_mut().cross_shard_sent += remote.len() as u64;
+        let mut replies: Vec<Option<Replies>> = (0..self.shard.count()).map(|_| None).collect();
+        if used.contains(&local) {
+            let calls = std::mem::take(&mut self.group.per_shard[local]);
+            let mut out = ReplyBuf::new(protocol);
+            let mut ends = Vec::with_capacity(calls.len());
+            let mut next = 0;
+            while next < calls.len() {
+                next = run_keyed(&self.shard, &calls, next, &mut out, Some(&mut ends), in_tx);
+                if next < calls.len() {
+                    self.shard.lock_released().await;
+                }
+            }
+            replies[local] = Some(Replies {
+                bytes: out.take(),
+                ends,
+            });
+        }
+        for (s, count, call) in remote {
+            replies[s] = Some(call.await.unwrap_or_else(|e| failed_replies(e, count)));
+        }
+        let mut next_reply = vec![0usize; replies.len()];
+        for s in order {
+            if let Some(r) = &replies[s] {
+                self.out.raw(r.reply(next_reply[s]));
+                next_reply[s] += 1;
+            }
+        }
+    }
+
+    /// A keyed command whose keys live on several shards.
+    async fn run_cross_shard(
+        &mut self,
+        command: &'static Command,
+        args: Args,
+        split: Split,
+    ) -> CommandResult {
+        match split {
+            Split::Coordinated(run) => run(self, args).await,
+            Split::Never => Err(CommandError::err(
+                "keys in request don't hash to the same shard",
+            )),
+            Split::SumIntegers | Split::Interleave | Split::AllOk => {
+                self.run_split(command, &args, split).await
+            }
+        }
+    }
+
+    /// Runs a command once per shard with that shard's keys, under one transaction, and
+    /// combines the replies.
+    async fn run_split(
+        &mut self,
+        command: &'static Command,
+        args: &Args,
+        split: Split,
+    ) -> CommandResult {
+        let with_values = matches!(split, Split::AllOk);
+        let mode = if command.is_write() {
+            Mode::Exclusive
+        } else {
+            Mode::Shared
+        };
+        let mut parts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        let mut key_shards = Vec::new();
+        let mut keys = Vec::new();
+        for position in command.key_positions(args) {
+            let shard = self.shard.shard_of(args.get(position));
+            let part = parts.entry(shard).or_default();
+            part.push(position);
+            if with_values {
+                part.push(position + 1);
+            }
+            key_shards.push(shard);
+            keys.push((shard, position));
+        }
+        let _tx = self
+            .lock(keys.iter().map(|&(s, p)| (s, args.get(p), mode)))
+            .await?;
+        let protocol = self.out.protocol();
+        let mut pending = Vec::new();
+        for (&shard, positions) in &parts {
+            let call = KeyedCall {
+                command,
+                args: args.select(std::iter::once(0).chain(positions.iter().copied())),
+                db: self.db,
+                counted: false,
+            };
+            pending.push((
+                shard,
+                self.shard
+                    .call_outcome::<Replies, _>(shard, keyed_job(vec![call], protocol, true)),
+            ));
+        }
+        let mut replies: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+        for (shard, call) in pending {
+            let reply = call.await.map_err(mesh_error)?;
+            replies.insert(shard, reply.reply(0).to_vec());
+        }
+        if let Some(error) = replies.values().find_map(|r| reply_error(r)) {
+            return Err(CommandError::Coded(error));
+        }
+        match split {
+            Split::SumIntegers => {
+                let total: i64 = replies.values().filter_map(|r| reply_integer(r)).sum();
+                self.out.int(total);
+            }
+            Split::AllOk => self.out.ok(),
+            _ => {
+                let mut elements: BTreeMap<usize, Vec<&[u8]>> = BTreeMap::new();
+                for (&shard, reply) in &replies {
+                    elements.insert(shard, crate::protocol::reply::array_elements(reply));
+                }
+                let mut taken: BTreeMap<usize, usize> = BTreeMap::new();
+                self.out.array(key_shards.len());
+                for shard in key_shards {
+                    let i = taken.entry(shard).or_default();
+                    if let Some(element) = elements.get(&shard).and_then(|e| e.get(*i)) {
+                        self.out.raw(element);
+                    }
+                    *i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes transaction locks on `keys` (`(shard, key, mode)`), unless this session already
+    /// runs inside EXEC, whose transaction holds them.
+    pub async fn lock<'k>(
+        &self,
+        keys: impl IntoIterator<Item = (usize, &'k [u8], Mode)>,
+    ) -> CommandResult<Option<Transaction>> {
+        if self.in_exec {
+            return Ok(None);
+        }
+        let mut plan: BTreeMap<usize, ShardPlan> = BTreeMap::new();
+        for (shard, key, mode) in keys {
+            plan.entry(shard)
+                .or_default()
+                .locks
+                .add_key(self.db, key, mode);
+        }
+        let (tx, _) = Transaction::begin(&self.shard, plan)
+            .await
+            .map_err(mesh_error)?;
+        Ok(Some(tx))
+    }
+
+    /// Takes a whole-shard lock on every shard (FLUSHALL, SWAPDB), unless inside EXEC.
+    pub async fn lock_all_shards(&self, mode: Mode) -> CommandResult<Option<Transaction>> {
+        if self.in_exec {
+            return Ok(None);
+        }
+        let mut plan: BTreeMap<usize, ShardPlan> = BTreeMap::new();
+        for shard in 0..self.shard.count() {
+            let mut locks = LockSet::default();
+            locks.add_whole_shard(mode);
+            plan.insert(shard, ShardPlan { locks, watch: None });
+        }
+        let (tx, _) = Transaction::begin(&self.shard, plan)
+            .await
+            .map_err(mesh_error)?;
+        Ok(Some(tx))
+    }
+
+    /// Runs `job` on every shard and collects the results in shard order.
+    pub async fn gather<R, F>(&self, job: F) -> CommandResult<Vec<R>>
+    where
+        R: Send + 'static,
+        F: Fn(&Rc<Shard>) -> R + Send + Clone + 'static,
+    {
+        let calls: Vec<_> = (0..self.shard.count())
+            .map(|s| self.shard.call(s, job.clone()))
+            .collect();
+        let mut results = Vec::with_capacity(calls.len());
+        for call in calls {
+            results.push(call.await.map_err(mesh_error)?);
+        }
+        Ok(results)
+    }
+
+    /// Leaves MULTI without running anything.
+    pub fn discard_multi(&mut self) {
+        self.multi = None;
+        self.client.multi.set(-1);
+        self.unwatch_all();
+    }
+
+    /// Forgets every WATCHed key (on their shards too).
+    pub fn unwatch_all(&mut self) {
+        if self.watched.is_empty() {
+            return;
+        }
+        let client = self.client.id;
+        let mut per_shard: BTreeMap<usize, BTreeMap<usize, Vec<Vec<u8>>>> = BTreeMap::new();
+        for w in self.watched.drain(..) {
+            per_shard
+                .entry(w.shard)
+                .or_default()
+                .entry(w.db)
+                .or_default()
+                .push(w.key);
+        }
+        for (shard, per_db) in per_shard {
+            self.shard.post(shard, move |s| {
+                let mut dbs = s.dbs();
+                for (db, keys) in per_db {
+                    if let Some(d) = dbs.get_mut(db) {
+                        d.unwatch(client, &keys);
+                    }
+                }
+            });
+        }
+        self.client.watched_keys.set(0);
+    }
+
+    /// Writes Valkey's HELP reply for a container command.
+    pub fn reply_help(&mut self, command: &str, lines: &[&str]) {
+        self.out.array(lines.len() + 3);
+        self.out.simple(&format!(
+            "{command} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
+        ));
+        for line in lines {
+            self.out.simple(line);
+        }
+        self.out.simple("HELP");
+        self.out.simple("    Print this help.");
+    }
+
+    /// Cleans up after the connection closed.
+    pub fn close(&mut self) {
+        self.multi = None;
+        self.unwatch_all();
+    }
+}
+
+/// EXEC, DISCARD, MULTI, WATCH, QUIT and RESET run even inside MULTI.
+fn is_transaction_control(command: &Command) -> bool {
+    matches!(
+        command.name(),
+        "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+    )
+}
+
+/// The text of an unknown-command or unknown-subcommand error, as Valkey builds it.
+fn lookup_error_text(error: LookupError<'_>, args: &Args) -> String {
+    match error {
+        LookupError::Unknown => {
+            let mut listed = String::new();
+            for arg in args.iter().skip(1) {
+                if listed.len() >= 128 {
+                    break;
+                }
+                let room = 128 - listed.len();
+                let text = String::from_utf8_lossy(arg);
+                let shown: String = truncate_bytes(&text, room);
+                listed.push('\'');
+                listed.push_str(&shown);
+                listed.push_str("' ");
+            }
+            let name = truncate_bytes(&String::from_utf8_lossy(args.get(0)), 128);
+            format!("unknown command '{name}', with args beginning with: {listed}")
+        }
+        LookupError::UnknownSubcommand(container) => format!(
+            "unknown subcommand '{}'. Try {} HELP.",
+            truncate_bytes(&String::from_utf8_lossy(args.get(1)), 128),
+            container.name().to_ascii_uppercase()
+        ),
+        LookupError::Arity(container) => {
+            format!(
+                "wrong number of arguments for '{}' command",
+                container.name()
+            )
+        }
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate_bytes(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+fn mesh_error(e: MeshError) -> CommandError {
+    CommandError::err(e.to_string())
+}
+
+/// Error replies for `count` calls whose shard did not answer.
+fn failed_replies(error: MeshError, count: usize) -> Replies {
+    let mut out = ReplyBuf::default();
+    let mut ends = Vec::with_capacity(count);
+    for _ in 0..count {
+        out.error(&format!("ERR {error}"));
+        ends.push(out.len());
+    }
+    Replies {
+        bytes: out.take(),
+        ends,
+    }
+}
+
+/// The message of an encoded error reply.
+fn reply_error(reply: &[u8]) -> Option<String> {
+    let body = reply.strip_prefix(b"-")?;
+    let body = body.strip_suffix(b"\r\n").unwrap_or(body);
+    Some(String::from_utf8_lossy(body).into_owned())
+}
+
+/// The value of an encoded integer reply.
+fn reply_integer(reply: &[u8]) -> Option<i64> {
+    let body = reply.strip_prefix(b":")?;
+    let body = body.strip_suffix(b"\r\n")?;
+    crate::protocol::parser::parse_i64(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_command_text_matches_valkey() {
+        let e = |words: &[&str]| lookup_error_text(LookupError::Unknown, &Args::from_vecs(words));
+        assert_eq!(
+            e(&["nosuchcmd"]),
+            "unknown command 'nosuchcmd', with args beginning with: "
+        );
+        assert_eq!(
+            e(&["nosuchcmd", "a", "b"]),
+            "unknown command 'nosuchcmd', with args beginning with: 'a' 'b' "
+        );
+        let a60 = "a".repeat(60);
+        let b60 = "b".repeat(60);
+        let c60 = "c".repeat(60);
+        assert_eq!(
+            e(&["x", &a60, &b60, &c60, "dddd"]),
+            format!("unknown command 'x', with args beginning with: '{a60}' '{b60}' 'cc' ")
+        );
+        let a126 = "a".repeat(126);
+        assert_eq!(
+            e(&["x", &a126, "bbbb"]),
+            format!("unknown command 'x', with args beginning with: '{a126}' ")
+        );
+    }
+}

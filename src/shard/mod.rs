@@ -1,0 +1,130 @@
+//! A shard: one pinned executor's share of the server. It owns its keyspace partition (all
+//! databases for the slots it serves), its transaction locks, its clients and its counters, and
+//! shares nothing with other shards but messages (`mesh`).
+
+pub mod cron;
+pub mod db;
+pub mod dict;
+pub mod exec;
+pub mod locks;
+pub mod mesh;
+pub mod routing;
+pub mod small_bytes;
+pub mod tx;
+pub mod value;
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::server::clients::ClientRegistry;
+use crate::server::state::ServerState;
+use crate::telemetry::stats::ShardStats;
+use db::Db;
+use locks::LockTable;
+use mesh::Mesh;
+use routing::SlotMap;
+
+/// One shard's state. Lives on its executor's thread only (`Rc`, `RefCell`).
+pub struct Shard {
+    index: usize,
+    cpu: usize,
+    slots: SlotMap,
+    mesh: Mesh,
+    pub server: Arc<ServerState>,
+    dbs: RefCell<Vec<Db>>,
+    locks: RefCell<LockTable>,
+    config: RefCell<(u64, Rc<Config>)>,
+    pub stats: RefCell<ShardStats>,
+    pub clients: RefCell<ClientRegistry>,
+    next_tx: Cell<u64>,
+}
+
+impl Shard {
+    pub fn new(index: usize, cpu: usize, server: Arc<ServerState>) -> Self {
+        let config = server.config.get();
+        let dbs = (0..config.databases).map(|_| Db::default()).collect();
+        let count = server.shard_count;
+        Shard {
+            index,
+            cpu,
+            slots: SlotMap::new(count),
+            mesh: Mesh::new(count),
+            dbs: RefCell::new(dbs),
+            locks: RefCell::new(LockTable::default()),
+            config: RefCell::new((server.config.version(), Rc::new(Config::clone(&config)))),
+            stats: RefCell::new(ShardStats::default()),
+            clients: RefCell::new(ClientRegistry::default()),
+            next_tx: Cell::new(1),
+            server,
+        }
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The CPU this shard's executor is pinned to.
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+
+    pub fn count(&self) -> usize {
+        self.slots.shard_count()
+    }
+
+    pub fn slots(&self) -> &SlotMap {
+        &self.slots
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// The shard that owns `key`.
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        self.slots.shard_of_key(key)
+    }
+
+    /// The current configuration (refreshed from the shared copy when `CONFIG SET` changed it).
+    pub fn config(&self) -> Rc<Config> {
+        let version = self.server.config.version();
+        let mut cached = self.config.borrow_mut();
+        if cached.0 != version {
+            *cached = (version, Rc::new(Config::clone(&self.server.config.get())));
+        }
+        Rc::clone(&cached.1)
+    }
+
+    pub fn dbs(&self) -> RefMut<'_, Vec<Db>> {
+        self.dbs.borrow_mut()
+    }
+
+    pub fn locks(&self) -> RefMut<'_, LockTable> {
+        self.locks.borrow_mut()
+    }
+
+    /// A transaction id unique in the process: the shard index in the top bits.
+    pub fn new_tx_id(&self) -> locks::TxId {
+        let n = self.next_tx.get();
+        self.next_tx.set(n + 1);
+        ((self.index as u64) << 48) | n
+    }
+
+    /// Completes at the next lock release on this shard (plain commands blocked by a
+    /// transaction wait on this, then check again).
+    pub async fn lock_released(&self) {
+        let mut registered = false;
+        std::future::poll_fn(|cx| {
+            if registered {
+                std::task::Poll::Ready(())
+            } else {
+                self.locks.borrow_mut().wait_for_release(cx.waker());
+                registered = true;
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,480 @@
+//! The INFO reply: Valkey's sections and field names, filled from every shard's snapshot, plus
+//! a `# Shards` section of corekv's own with one line per shard.
+
+use std::fmt::Write as _;
+
+use super::alloc;
+use super::stats::ShardStats;
+use crate::config::Config;
+use crate::server::state::{unix_us, ServerState};
+use crate::shard::Shard;
+
+/// What one shard reports for INFO.
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    pub index: usize,
+    pub cpu: usize,
+    pub stats: ShardStats,
+    /// Per database: (keys, keys with a TTL, average TTL in ms).
+    pub dbs: Vec<(usize, usize, i64)>,
+    pub keyspace_hits: u64,
+    pub keyspace_misses: u64,
+    pub expired_keys: u64,
+    pub clients: usize,
+    pub watching_clients: usize,
+    pub watched_keys: usize,
+    pub max_query_buffer: usize,
+    pub max_output_buffer: usize,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+}
+
+impl ShardSnapshot {
+    /// Takes the snapshot on the shard's own thread.
+    pub fn take(shard: &Shard) -> ShardSnapshot {
+        let dbs = shard.dbs();
+        let (mut hits, mut misses, mut expired) = (0, 0, 0);
+        for db in dbs.iter() {
+            hits += db.stats.keyspace_hits;
+            misses += db.stats.keyspace_misses;
+            expired += db.stats.expired_keys;
+        }
+        let clients = shard.clients.borrow();
+        let (user, sys) = thread_cpu_seconds();
+        ShardSnapshot {
+            index: shard.index(),
+            cpu: shard.cpu(),
+            stats: shard.stats.borrow().clone(),
+            dbs: dbs
+                .iter()
+                .map(|d| (d.len(), d.expires_len(), d.avg_ttl_ms()))
+                .collect(),
+            keyspace_hits: hits,
+            keyspace_misses: misses,
+            expired_keys: expired,
+            clients: clients.len(),
+            watching_clients: clients.iter().filter(|c| c.watched_keys.get() > 0).count(),
+            watched_keys: clients.iter().map(|c| c.watched_keys.get()).sum(),
+            max_query_buffer: clients
+                .iter()
+                .map(|c| c.query_buffer_bytes.get())
+                .max()
+                .unwrap_or(0),
+            max_output_buffer: clients
+                .iter()
+                .map(|c| c.output_bytes.get())
+                .max()
+                .unwrap_or(0),
+            cpu_user_s: user,
+            cpu_sys_s: sys,
+        }
+    }
+}
+
+fn rusage_seconds(who: libc::c_int) -> (f64, f64) {
+    // SAFETY: getrusage writes into the zeroed struct we own; the struct is plain data.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(who, &mut usage) != 0 {
+            return (0.0, 0.0);
+        }
+        usage
+    };
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1_000_000.0;
+    (seconds(usage.ru_utime), seconds(usage.ru_stime))
+}
+
+/// CPU time of the calling thread: (user, system) seconds.
+pub fn thread_cpu_seconds() -> (f64, f64) {
+    rusage_seconds(libc::RUSAGE_THREAD)
+}
+
+/// CPU time of the whole process: (user, system) seconds.
+pub fn process_cpu_seconds() -> (f64, f64) {
+    rusage_seconds(libc::RUSAGE_SELF)
+}
+
+/// Sections `INFO` prints with no argument (and with `default`).
+const DEFAULT_SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "modules",
+    "errorstats",
+    "cluster",
+    "keyspace",
+    "shards",
+];
+/// Sections `all` and `everything` add.
+const EXTRA_SECTIONS: &[&str] = &["commandstats"];
+const ORDER: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "modules",
+    "commandstats",
+    "errorstats",
+    "cluster",
+    "keyspace",
+    "shards",
+];
+
+/// Which sections the arguments of INFO ask for, in print order.
+pub fn requested_sections(args: &[String]) -> Vec<&'static str> {
+    let mut wanted: Vec<&str> = Vec::new();
+    if args.is_empty() {
+        wanted.extend(DEFAULT_SECTIONS);
+    }
+    for arg in args {
+        match arg.to_ascii_lowercase().as_str() {
+            "default" => wanted.extend(DEFAULT_SECTIONS),
+            "all" | "everything" => {
+                wanted.extend(DEFAULT_SECTIONS);
+                wanted.extend(EXTRA_SECTIONS);
+            }
+            other => {
+                if let Some(s) = ORDER.iter().find(|s| **s == other) {
+                    wanted.push(s);
+                }
+            }
+        }
+    }
+    ORDER
+        .iter()
+        .copied()
+        .filter(|s| wanted.contains(s))
+        .collect()
+}
+
+/// Renders the requested sections.
+pub fn render(
+    sections: &[&str],
+    shards: &[ShardSnapshot],
+    server: &ServerState,
+    config: &Config,
+) -> String {
+    let mut total = ShardStats::default();
+    for s in shards {
+        total.merge(&s.stats);
+    }
+    let mut out = String::new();
+    for (i, section) in sections.iter().enumerate() {
+        if i > 0 {
+            out.push_str("\r\n");
+        }
+        match *section {
+            "server" => server_section(&mut out, server, config),
+            "clients" => clients_section(&mut out, shards, config),
+            "memory" => memory_section(&mut out),
+            "persistence" => persistence_section(&mut out),
+            "stats" => stats_section(&mut out, shards, &total),
+            "replication" => replication_section(&mut out, server),
+            "cpu" => cpu_section(&mut out),
+            "modules" => out.push_str("# Modules\r\n"),
+            "commandstats" => commandstats_section(&mut out, &total),
+            "errorstats" => errorstats_section(&mut out, &total),
+            "cluster" => out.push_str("# Cluster\r\ncluster_enabled:0\r\n"),
+            "keyspace" => keyspace_section(&mut out, shards),
+            "shards" => shards_section(&mut out, shards),
+            _ => {}
+        }
+    }
+    out
+}
+
+macro_rules! field {
+    ($out:expr, $name:expr, $value:expr) => {
+        let _ = write!($out, "{}:{}\r\n", $name, $value);
+    };
+}
+
+fn os_name() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{} {} {}",
+        read("/proc/sys/kernel/ostype"),
+        read("/proc/sys/kernel/osrelease"),
+        std::env::consts::ARCH
+    )
+}
+
+fn server_section(out: &mut String, server: &ServerState, config: &Config) {
+    let uptime = server.started.elapsed().as_secs();
+    out.push_str("# Server\r\n");
+    // Clients read redis_version to decide what they may use: the command set is 7.2's.
+    field!(out, "redis_version", "7.2.4");
+    field!(out, "server_name", "corekv");
+    field!(out, "corekv_version", env!("CARGO_PKG_VERSION"));
+    field!(out, "redis_git_sha1", "00000000");
+    field!(out, "redis_git_dirty", 0);
+    field!(out, "redis_build_id", "0");
+    field!(out, "server_mode", "standalone");
+    field!(out, "os", os_name());
+    field!(out, "arch_bits", 64);
+    field!(out, "monotonic_clock", "POSIX clock_gettime");
+    field!(out, "multiplexing_api", "io_uring");
+    field!(out, "process_id", std::process::id());
+    field!(out, "process_supervised", "no");
+    field!(out, "run_id", server.run_id);
+    field!(out, "tcp_port", server.tcp_port);
+    field!(out, "server_time_usec", unix_us());
+    field!(out, "uptime_in_seconds", uptime);
+    field!(out, "uptime_in_days", uptime / 86400);
+    field!(out, "hz", config.hz);
+    field!(out, "configured_hz", config.hz);
+    field!(out, "executable", server.executable);
+    field!(out, "config_file", server.config_file);
+    field!(out, "io_threads_active", 0);
+    let binds: Vec<String> = config.bind.iter().map(|b| format!("bind={b}")).collect();
+    field!(
+        out,
+        "listener0",
+        format!("name=tcp,{},port={}", binds.join(","), server.tcp_port)
+    );
+    field!(out, "shards", server.shard_count);
+}
+
+fn clients_section(out: &mut String, shards: &[ShardSnapshot], config: &Config) {
+    let sum = |f: fn(&ShardSnapshot) -> usize| shards.iter().map(f).sum::<usize>();
+    let max = |f: fn(&ShardSnapshot) -> usize| shards.iter().map(f).max().unwrap_or(0);
+    out.push_str("# Clients\r\n");
+    field!(out, "connected_clients", sum(|s| s.clients));
+    field!(out, "cluster_connections", 0);
+    field!(out, "maxclients", config.maxclients);
+    field!(
+        out,
+        "client_recent_max_input_buffer",
+        max(|s| s.max_query_buffer)
+    );
+    field!(
+        out,
+        "client_recent_max_output_buffer",
+        max(|s| s.max_output_buffer)
+    );
+    field!(out, "blocked_clients", 0);
+    field!(out, "tracking_clients", 0);
+    field!(out, "pubsub_clients", 0);
+    field!(out, "watching_clients", sum(|s| s.watching_clients));
+    field!(out, "clients_in_timeout_table", 0);
+    field!(out, "total_watched_keys", sum(|s| s.watched_keys));
+    field!(out, "total_blocking_keys", 0);
+    field!(out, "total_blocking_keys_on_nokey", 0);
+}
+
+/// Valkey's human-readable byte counts (`1.73M`).
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    const K: f64 = 1024.0;
+    if b < K {
+        format!("{bytes}B")
+    } else if b < K * K {
+        format!("{:.2}K", b / K)
+    } else if b < K * K * K {
+        format!("{:.2}M", b / (K * K))
+    } else if b < K * K * K * K {
+        format!("{:.2}G", b / (K * K * K))
+    } else {
+        format!("{:.2}T", b / (K * K * K * K))
+    }
+}
+
+fn memory_section(out: &mut String) {
+    let used = alloc::used_bytes();
+    let rss = alloc::rss_bytes();
+    let total = alloc::total_system_bytes();
+    out.push_str("# Memory\r\n");
+    field!(out, "used_memory", used);
+    field!(out, "used_memory_human", human_bytes(used));
+    field!(out, "used_memory_rss", rss);
+    field!(out, "used_memory_rss_human", human_bytes(rss));
+    field!(out, "total_system_memory", total);
+    field!(out, "total_system_memory_human", human_bytes(total));
+    field!(out, "maxmemory", 0);
+    field!(out, "maxmemory_human", "0B");
+    field!(out, "maxmemory_policy", "noeviction");
+    let ratio = if used > 0 {
+        rss as f64 / used as f64
+    } else {
+        0.0
+    };
+    field!(out, "mem_fragmentation_ratio", format!("{ratio:.2}"));
+    field!(out, "mem_allocator", "mimalloc");
+    field!(out, "lazyfree_pending_objects", 0);
+}
+
+fn persistence_section(out: &mut String) {
+    out.push_str("# Persistence\r\n");
+    field!(out, "loading", 0);
+    field!(out, "async_loading", 0);
+    field!(out, "rdb_bgsave_in_progress", 0);
+    field!(out, "rdb_saves", 0);
+    field!(out, "aof_enabled", 0);
+    field!(out, "aof_rewrite_in_progress", 0);
+    field!(out, "aof_rewrite_scheduled", 0);
+    field!(out, "aof_last_rewrite_time_sec", -1);
+    field!(out, "aof_current_rewrite_time_sec", -1);
+    field!(out, "aof_last_bgrewrite_status", "ok");
+    field!(out, "aof_rewrites", 0);
+    field!(out, "aof_rewrites_consecutive_failures", 0);
+    field!(out, "aof_last_write_status", "ok");
+}
+
+fn stats_section(out: &mut String, shards: &[ShardSnapshot], total: &ShardStats) {
+    let sum = |f: fn(&ShardSnapshot) -> u64| shards.iter().map(f).sum::<u64>();
+    out.push_str("# Stats\r\n");
+    field!(
+        out,
+        "total_connections_received",
+        total.connections_received
+    );
+    field!(out, "total_commands_processed", total.total_commands);
+    field!(
+        out,
+        "instantaneous_ops_per_sec",
+        total.instantaneous_ops_per_sec()
+    );
+    field!(out, "total_net_input_bytes", total.net_input_bytes);
+    field!(out, "total_net_output_bytes", total.net_output_bytes);
+    field!(out, "rejected_connections", total.rejected_connections);
+    field!(out, "expired_keys", sum(|s| s.expired_keys));
+    field!(out, "evicted_keys", 0);
+    field!(out, "keyspace_hits", sum(|s| s.keyspace_hits));
+    field!(out, "keyspace_misses", sum(|s| s.keyspace_misses));
+    field!(out, "pubsub_channels", 0);
+    field!(out, "pubsub_patterns", 0);
+    field!(out, "total_error_replies", total.total_error_replies);
+    field!(out, "cross_shard_requests_sent", total.cross_shard_sent);
+    field!(out, "cross_shard_requests_served", total.cross_shard_served);
+}
+
+fn replication_section(out: &mut String, server: &ServerState) {
+    out.push_str("# Replication\r\n");
+    field!(out, "role", "master");
+    field!(out, "connected_slaves", 0);
+    field!(out, "master_failover_state", "no-failover");
+    field!(out, "master_replid", server.run_id);
+    field!(out, "master_replid2", "0".repeat(40));
+    field!(out, "master_repl_offset", 0);
+    field!(out, "second_repl_offset", -1);
+    field!(out, "repl_backlog_active", 0);
+    field!(out, "repl_backlog_first_byte_offset", 0);
+    field!(out, "repl_backlog_histlen", 0);
+}
+
+fn cpu_section(out: &mut String) {
+    let (user, sys) = process_cpu_seconds();
+    let (child_user, child_sys) = rusage_seconds(libc::RUSAGE_CHILDREN);
+    out.push_str("# CPU\r\n");
+    field!(out, "used_cpu_sys", format!("{sys:.6}"));
+    field!(out, "used_cpu_user", format!("{user:.6}"));
+    field!(out, "used_cpu_sys_children", format!("{child_sys:.6}"));
+    field!(out, "used_cpu_user_children", format!("{child_user:.6}"));
+}
+
+fn commandstats_section(out: &mut String, total: &ShardStats) {
+    out.push_str("# Commandstats\r\n");
+    let mut names: Vec<_> = total.commands.iter().collect();
+    names.sort_by_key(|(n, _)| **n);
+    for (name, s) in names {
+        let per_call = if s.calls > 0 {
+            s.usec as f64 / s.calls as f64
+        } else {
+            0.0
+        };
+        let _ = write!(
+            out,
+            "cmdstat_{name}:calls={},usec={},usec_per_call={per_call:.2},rejected_calls={},failed_calls={}\r\n",
+            s.calls, s.usec, s.rejected_calls, s.failed_calls
+        );
+    }
+}
+
+fn errorstats_section(out: &mut String, total: &ShardStats) {
+    out.push_str("# Errorstats\r\n");
+    let mut codes: Vec<_> = total.errors_by_code.iter().collect();
+    codes.sort();
+    for (code, count) in codes {
+        let _ = write!(out, "errorstat_{code}:count={count}\r\n");
+    }
+}
+
+fn keyspace_section(out: &mut String, shards: &[ShardSnapshot]) {
+    out.push_str("# Keyspace\r\n");
+    let databases = shards.first().map_or(0, |s| s.dbs.len());
+    for db in 0..databases {
+        let (mut keys, mut expires, mut ttl_weighted) = (0usize, 0usize, 0i64);
+        for s in shards {
+            let (k, e, avg) = s.dbs[db];
+            keys += k;
+            expires += e;
+            ttl_weighted = ttl_weighted.saturating_add(avg.saturating_mul(e as i64));
+        }
+        if keys > 0 {
+            let avg_ttl = if expires > 0 {
+                ttl_weighted / expires as i64
+            } else {
+                0
+            };
+            let _ = write!(
+                out,
+                "db{db}:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n"
+            );
+        }
+    }
+}
+
+fn shards_section(out: &mut String, shards: &[ShardSnapshot]) {
+    out.push_str("# Shards\r\n");
+    for s in shards {
+        let keys: usize = s.dbs.iter().map(|d| d.0).sum();
+        let cpu = s.cpu;
+        let _ = write!(
+            out,
+            "shard{}:cpu={cpu},keys={keys},clients={},commands={},ops_per_sec={},\
+             cross_shard_sent={},cross_shard_served={},used_cpu_user={:.6},used_cpu_sys={:.6}\r\n",
+            s.index,
+            s.clients,
+            s.stats.total_commands,
+            s.stats.instantaneous_ops_per_sec(),
+            s.stats.cross_shard_sent,
+            s.stats.cross_shard_served,
+            s.cpu_user_s,
+            s.cpu_sys_s,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_selection() {
+        assert_eq!(requested_sections(&[]), DEFAULT_SECTIONS.to_vec());
+        assert_eq!(
+            requested_sections(&["KEYSPACE".into(), "server".into()]),
+            vec!["server", "keyspace"]
+        );
+        assert!(requested_sections(&["all".into()]).contains(&"commandstats"));
+        assert!(requested_sections(&["nosuch".into()]).is_empty());
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(1813672), "1.73M");
+        assert_eq!(human_bytes(25276502016), "23.54G");
+    }
+}
