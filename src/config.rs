@@ -237,6 +237,20 @@ pub static DIRECTIVES: &[Directive] = &[
         },
     },
     Directive {
+        name: "save",
+        mutable: true,
+        multi_arg: true,
+        help: "RDB snapshot schedule; corekv takes no RDB snapshots, so only \"\" is accepted",
+        get: |_| String::new(),
+        set: |_, v| {
+            if v.iter().all(String::is_empty) {
+                Ok(())
+            } else {
+                Err("corekv takes no RDB snapshots: only \"\" (disabled) is accepted".to_string())
+            }
+        },
+    },
+    Directive {
         name: "shards",
         mutable: false,
         multi_arg: false,
@@ -620,11 +634,14 @@ impl LiveConfig {
             if !d.mutable {
                 return Err(fail("can't set immutable config"));
             }
-            let values: Vec<String> = if d.multi_arg {
+            let mut values: Vec<String> = if d.multi_arg {
                 value.split_whitespace().map(str::to_string).collect()
             } else {
                 vec![value.clone()]
             };
+            if values.is_empty() {
+                values.push(String::new());
+            }
             d.apply(&mut next, &values).map_err(|e| fail(&e))?;
         }
         *guard = Arc::new(next);
