@@ -18,24 +18,6 @@ pub fn parse_float(arg: &[u8]) -> Option<f64> {
     (!value.is_nan()).then_some(value)
 }
 
-/// A float argument (`ERR value is not a valid float`).
-pub fn float_arg(arg: &[u8]) -> CommandResult<f64> {
-    parse_float(arg).ok_or(CommandError::NotFloat)
-}
-
-/// Formats a float the way INCRBYFLOAT stores it: plain decimal, no exponent, no trailing
-/// zeros. Valkey computes in 80-bit long doubles and prints 17 decimals, which hides binary
-/// rounding noise such as 0.1 + 0.2; rounding to 15 significant digits (all an f64 holds
-/// exactly) hides it the same way.
-pub fn format_float_human(value: f64) -> String {
-    let rounded: f64 = format!("{value:.14e}").parse().unwrap_or(value);
-    let text = format!("{rounded}");
-    if text == "-0" {
-        return "0".to_string();
-    }
-    text
-}
-
 /// How an expiry argument is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpireUnit {
@@ -214,12 +196,6 @@ mod tests {
         assert_eq!(parse_float(b" 1"), None);
         assert_eq!(parse_float(b"nan"), None);
         assert_eq!(parse_float(b""), None);
-        assert_eq!(format_float_human(10.5 + 0.1), "10.6");
-        assert_eq!(format_float_human(3000.0), "3000");
-        assert_eq!(format_float_human(-0.5), "-0.5");
-        assert_eq!(format_float_human(0.1 + 0.2), "0.3");
-        assert_eq!(format_float_human(17179869184.0 + 1.5), "17179869185.5");
-        assert_eq!(format_float_human(-0.0), "0");
     }
 
     #[test]

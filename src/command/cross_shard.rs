@@ -17,6 +17,8 @@ use crate::shard::locks::Mode;
 use crate::shard::value::Value;
 
 type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
+/// Key/value pairs by the shard that owns the key.
+type PairsByShard = BTreeMap<usize, Vec<(Vec<u8>, Vec<u8>)>>;
 
 fn shard_failed(e: crate::shard::mesh::MeshError) -> CommandError {
     CommandError::err(e.to_string())
@@ -24,11 +26,11 @@ fn shard_failed(e: crate::shard::mesh::MeshError) -> CommandError {
 
 pub fn msetnx(session: &mut Session, args: Args) -> CoordFuture<'_> {
     Box::pin(async move {
-        if args.len() % 2 == 0 {
+        if args.len().is_multiple_of(2) {
             return Err(CommandError::WrongArity("msetnx".into()));
         }
         let db = session.db;
-        let mut per_shard: BTreeMap<usize, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        let mut per_shard: PairsByShard = BTreeMap::new();
         for pair in 0..args.len() / 2 {
             let key = args.get(1 + 2 * pair);
             per_shard

@@ -95,7 +95,8 @@ fn rename_generic(ctx: &mut KeyCtx<'_>, args: &Args, nx: bool) -> CommandResult 
         return Err(CommandError::NoSuchKey);
     }
     if from == to {
-        reply_renamed(ctx, nx, true);
+        // Nothing moves: RENAME says OK, RENAMENX says it did not rename.
+        reply_renamed(ctx, nx, false);
         return Ok(());
     }
     if nx && db.get(to, ctx.now_ms).is_some() {
@@ -337,7 +338,7 @@ fn pttl(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
 }
 
 fn expiretime(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
-    let reply = expiry_of(ctx, args.get(1)).map_or_else(|code| code, |at| at / 1000);
+    let reply = expiry_of(ctx, args.get(1)).map_or_else(|code| code, |at| (at + 500) / 1000);
     ctx.out.int(reply);
     Ok(())
 }
@@ -467,6 +468,10 @@ fn parse_scan(args: &Args) -> CommandResult<ScanOptions> {
         } else if args.is(i, "match") && has_value {
             let pattern = args.get(i + 1);
             options.pattern = (pattern != b"*").then(|| pattern.to_vec());
+        } else if args.is(i, "novalues") {
+            return Err(CommandError::err(
+                "NOVALUES option can only be used in HSCAN",
+            ));
         } else if args.is(i, "type") && has_value {
             let name = args.text(i + 1).to_ascii_lowercase();
             if !["string", "list", "set", "zset", "hash", "stream"].contains(&name.as_str()) {

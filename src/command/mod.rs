@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod connection;
 pub mod cross_shard;
+pub mod decimal;
 pub mod keys;
 pub mod server;
 pub mod string;

@@ -92,7 +92,7 @@ fn config_get(session: &mut Session, args: &Args) -> CommandResult {
 }
 
 fn config_set(session: &mut Session, args: &Args) -> CommandResult {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return Err(CommandError::Syntax);
     }
     let pairs: Vec<(String, String)> = (2..args.len())

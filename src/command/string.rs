@@ -1,6 +1,7 @@
 //! String commands: GET, SET and its variants, counters, ranges, MGET/MSET.
 
-use super::args::{expire_at_ms, float_arg, format_float_human, int_arg, ExpireUnit};
+use super::args::{expire_at_ms, int_arg, ExpireUnit};
+use super::decimal;
 use super::table::{Handler, Split};
 use super::KeyCtx;
 use crate::error::{CommandError, CommandResult};
@@ -298,7 +299,7 @@ fn mget(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
 }
 
 fn mset(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return Err(CommandError::WrongArity("mset".into()));
     }
     let db = &mut ctx.dbs[ctx.db];
@@ -314,7 +315,7 @@ fn mset(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
 }
 
 fn msetnx(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return Err(CommandError::WrongArity("msetnx".into()));
     }
     let db = &mut ctx.dbs[ctx.db];
@@ -380,16 +381,15 @@ fn decrby(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
 fn incrbyfloat(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
     let key = args.get(1);
     let db = &mut ctx.dbs[ctx.db];
-    let current = match db.get(key, ctx.now_ms) {
-        Some(v) => v.with_str(float_arg).ok_or(CommandError::WrongType)??,
-        None => 0.0,
+    let current: Vec<u8> = match db.get(key, ctx.now_ms) {
+        Some(v) => v.with_str(<[u8]>::to_vec).ok_or(CommandError::WrongType)?,
+        None => b"0".to_vec(),
     };
-    let increment = float_arg(args.get(2))?;
-    let next = current + increment;
-    if !next.is_finite() {
-        return Err(CommandError::NanOrInfinity);
-    }
-    let text = format_float_human(next);
+    let current_f = decimal::parse_number(&current).ok_or(CommandError::NotFloat)?;
+    let increment = args.get(2);
+    let increment_f = decimal::parse_number(increment).ok_or(CommandError::NotFloat)?;
+    let text = decimal::add(&current, increment, current_f, increment_f)
+        .ok_or(CommandError::NanOrInfinity)?;
     let value = Value::Str(SmallBytes::new(text.as_bytes()));
     match db.get_mut(key, ctx.now_ms) {
         Some(slot) => *slot = value,
