@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::storage::FsyncMode;
+
 /// `enable-debug-command`: who may run DEBUG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DebugAccess {
@@ -49,6 +51,10 @@ pub struct Config {
     pub timeout_s: u64,
     pub tcp_keepalive_s: u64,
     pub hz: u64,
+    pub appendonly: bool,
+    pub appendfsync: FsyncMode,
+    pub appenddirname: String,
+    pub aof_load_truncated: bool,
 }
 
 impl Default for Config {
@@ -70,7 +76,18 @@ impl Default for Config {
             timeout_s: 0,
             tcp_keepalive_s: 300,
             hz: 10,
+            appendonly: false,
+            appendfsync: FsyncMode::Everysec,
+            appenddirname: "appendonlydir".to_string(),
+            aof_load_truncated: true,
         }
+    }
+}
+
+impl Config {
+    /// The directory of the append-only log.
+    pub fn aof_dir(&self) -> PathBuf {
+        self.dir.join(&self.appenddirname)
     }
 }
 
@@ -233,6 +250,66 @@ pub static DIRECTIVES: &[Directive] = &[
         get: |c| c.logfile.clone(),
         set: |c, v| {
             c.logfile = v[0].clone();
+            Ok(())
+        },
+    },
+    Directive {
+        name: "appendonly",
+        mutable: true,
+        multi_arg: false,
+        help: "keep an append-only log of every write (default no)",
+        get: |c| yes_no(c.appendonly),
+        set: |c, v| {
+            c.appendonly = parse_bool(&v[0])?;
+            Ok(())
+        },
+    },
+    Directive {
+        name: "appendfsync",
+        mutable: true,
+        multi_arg: false,
+        help:
+            "when the log is fsynced: always (before replying), everysec or no (default everysec)",
+        get: |c| {
+            match c.appendfsync {
+                FsyncMode::Always => "always",
+                FsyncMode::Everysec => "everysec",
+                FsyncMode::No => "no",
+            }
+            .to_string()
+        },
+        set: |c, v| {
+            c.appendfsync = match one_of(&v[0], &["everysec", "always", "no"])? {
+                0 => FsyncMode::Everysec,
+                1 => FsyncMode::Always,
+                _ => FsyncMode::No,
+            };
+            Ok(())
+        },
+    },
+    Directive {
+        name: "appenddirname",
+        mutable: false,
+        multi_arg: false,
+        help: "directory of the log inside dir (default appendonlydir)",
+        get: |c| c.appenddirname.clone(),
+        set: |c, v| {
+            let name = &v[0];
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err("appenddirname can't be a path, just a name".to_string());
+            }
+            c.appenddirname = name.clone();
+            Ok(())
+        },
+    },
+    Directive {
+        name: "aof-load-truncated",
+        mutable: true,
+        multi_arg: false,
+        help: "start even when the log ends with a torn record, cutting it off (default yes)",
+        get: |c| yes_no(c.aof_load_truncated),
+        set: |c, v| {
+            c.aof_load_truncated = parse_bool(&v[0])?;
             Ok(())
         },
     },

@@ -6,4 +6,5 @@ pub mod error;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod storage;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! Commands whose keys span shards and whose parts depend on each other (MSETNX, RENAME,
 //! RENAMENX, COPY). Each takes its keys' locks through one [`Transaction`] first, so the whole
-//! command is atomic, then moves data between shards with plain shard calls.
+//! command is atomic, then runs ordinary keyed commands on each shard under it (so they are
+//! logged like any other write), and commits.
 //!
 //! [`Transaction`]: crate::shard::tx::Transaction
 
@@ -10,18 +11,17 @@ use std::pin::Pin;
 
 use super::keys::copy_options;
 use crate::error::{CommandError, CommandResult};
+use crate::protocol::parser::parse_i64;
+use crate::protocol::reply::decode_bulk;
 use crate::protocol::Args;
 use crate::server::session::Session;
-use crate::server::state::unix_ms;
 use crate::shard::locks::Mode;
-use crate::shard::value::Value;
 
 type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
-/// Key/value pairs by the shard that owns the key.
-type PairsByShard = BTreeMap<usize, Vec<(Vec<u8>, Vec<u8>)>>;
 
-fn shard_failed(e: crate::shard::mesh::MeshError) -> CommandError {
-    CommandError::err(e.to_string())
+/// An integer reply's value.
+fn integer(reply: &[u8]) -> Option<i64> {
+    parse_i64(reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?)
 }
 
 pub fn msetnx(session: &mut Session, args: Args) -> CoordFuture<'_> {
@@ -30,144 +30,160 @@ pub fn msetnx(session: &mut Session, args: Args) -> CoordFuture<'_> {
             return Err(CommandError::WrongArity("msetnx".into()));
         }
         let db = session.db;
-        let mut per_shard: PairsByShard = BTreeMap::new();
+        let mut per_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for pair in 0..args.len() / 2 {
-            let key = args.get(1 + 2 * pair);
+            let key = 1 + 2 * pair;
             per_shard
-                .entry(session.shard.shard_of(key))
+                .entry(session.shard.shard_of(args.get(key)))
                 .or_default()
-                .push((key.to_vec(), args.get(2 + 2 * pair).to_vec()));
+                .push(key);
         }
-        let keys: Vec<(usize, Vec<u8>)> = per_shard
+        let keys: Vec<(usize, usize)> = per_shard
             .iter()
-            .flat_map(|(&s, pairs)| pairs.iter().map(move |(k, _)| (s, k.clone())))
+            .flat_map(|(&s, positions)| positions.iter().map(move |&p| (s, p)))
             .collect();
-        let _tx = session
-            .lock(
-                keys.iter()
-                    .map(|(s, k)| (*s, k.as_slice(), Mode::Exclusive)),
-            )
+        let tx = session
+            .lock(keys.iter().map(|&(s, p)| (s, args.get(p), Mode::Exclusive)))
             .await?;
-        for (&shard, pairs) in &per_shard {
-            let names: Vec<Vec<u8>> = pairs.iter().map(|(k, _)| k.clone()).collect();
-            let any_exists = session
-                .shard
-                .call(shard, move |s| {
-                    let now = unix_ms();
-                    let mut dbs = s.dbs();
-                    names.iter().any(|k| dbs[db].get(k, now).is_some())
-                })
-                .await
-                .map_err(shard_failed)?;
-            if any_exists {
-                session.out.int(0);
-                return Ok(());
-            }
-        }
-        for (shard, pairs) in per_shard {
-            session
-                .shard
-                .call(shard, move |s| {
-                    let mut dbs = s.dbs();
-                    for (k, v) in &pairs {
-                        dbs[db].set(k, Value::string(v), false);
-                    }
-                })
-                .await
-                .map_err(shard_failed)?;
-        }
-        session.out.int(1);
+        let outcome = msetnx_locked(session, &args, db, &per_shard).await;
+        session.commit(tx).await?;
+        session.out.int(i64::from(outcome?));
         Ok(())
     })
 }
 
-/// Reads a key's value and expiry on its shard (for moving or copying it).
-async fn read_entry(
-    session: &Session,
-    shard: usize,
+async fn msetnx_locked(
+    session: &mut Session,
+    args: &Args,
     db: usize,
-    key: Vec<u8>,
-) -> CommandResult<Option<(Value, Option<i64>)>> {
-    session
-        .shard
-        .call(shard, move |s| {
-            let now = unix_ms();
-            let mut dbs = s.dbs();
-            let d = &mut dbs[db];
-            let value = d.read(&key, now).cloned()?;
-            Some((value, d.expire_at(&key)))
-        })
-        .await
-        .map_err(shard_failed)
+    per_shard: &BTreeMap<usize, Vec<usize>>,
+) -> CommandResult<bool> {
+    for (&shard, positions) in per_shard {
+        let exists = args.select(std::iter::once(0).chain(positions.iter().copied()));
+        let mut exists = exists;
+        exists.set_name(b"EXISTS");
+        let replies = session.run_calls(shard, db, vec![exists]).await?;
+        if integer(replies.reply(0)).unwrap_or(0) > 0 {
+            return Ok(false);
+        }
+    }
+    for (&shard, positions) in per_shard {
+        let mut mset =
+            args.select(std::iter::once(0).chain(positions.iter().flat_map(|&p| [p, p + 1])));
+        mset.set_name(b"MSET");
+        session.run_calls(shard, db, vec![mset]).await?;
+    }
+    Ok(true)
 }
 
-/// Writes a key with an expiry on its shard, replacing what was there.
-async fn write_entry(
-    session: &Session,
+/// A string key's value and absolute expiry (Unix ms), read on its shard.
+async fn read_entry(
+    session: &mut Session,
     shard: usize,
     db: usize,
-    key: Vec<u8>,
-    entry: (Value, Option<i64>),
+    key: &[u8],
+) -> CommandResult<Option<(Vec<u8>, Option<i64>)>> {
+    let replies = session
+        .run_calls(
+            shard,
+            db,
+            vec![
+                Args::from_vecs([b"GET".as_slice(), key]),
+                Args::from_vecs([b"PEXPIRETIME".as_slice(), key]),
+            ],
+        )
+        .await?;
+    if replies.reply(0).starts_with(b"-") {
+        let text = String::from_utf8_lossy(replies.reply(0));
+        return Err(CommandError::Coded(
+            text.trim_start_matches('-').trim_end().to_string(),
+        ));
+    }
+    let Some(value) = decode_bulk(replies.reply(0)) else {
+        return Ok(None);
+    };
+    let expire = integer(replies.reply(1)).filter(|&at| at > 0);
+    Ok(Some((value.to_vec(), expire)))
+}
+
+/// Replaces `key` on its shard with `value` and `expire`.
+async fn write_entry(
+    session: &mut Session,
+    shard: usize,
+    db: usize,
+    key: &[u8],
+    (value, expire): (Vec<u8>, Option<i64>),
 ) -> CommandResult {
-    session
-        .shard
-        .call(shard, move |s| {
-            let mut dbs = s.dbs();
-            let d = &mut dbs[db];
-            d.remove_entry(&key);
-            d.set(&key, entry.0, false);
-            if let Some(at) = entry.1 {
-                d.set_expire(&key, at);
-            }
-        })
-        .await
-        .map_err(shard_failed)
+    let mut commands = vec![
+        Args::from_vecs([b"DEL".as_slice(), key]),
+        Args::from_vecs([b"SET".as_slice(), key, &value]),
+    ];
+    if let Some(at) = expire {
+        let at = at.to_string();
+        commands.push(Args::from_vecs([
+            b"PEXPIREAT".as_slice(),
+            key,
+            at.as_bytes(),
+        ]));
+    }
+    session.run_calls(shard, db, commands).await?;
+    Ok(())
 }
 
 async fn exists_on(
-    session: &Session,
+    session: &mut Session,
     shard: usize,
     db: usize,
-    key: Vec<u8>,
+    key: &[u8],
 ) -> CommandResult<bool> {
-    session
-        .shard
-        .call(shard, move |s| s.dbs()[db].get(&key, unix_ms()).is_some())
-        .await
-        .map_err(shard_failed)
+    let replies = session
+        .run_calls(
+            shard,
+            db,
+            vec![Args::from_vecs([b"EXISTS".as_slice(), key])],
+        )
+        .await?;
+    Ok(integer(replies.reply(0)).unwrap_or(0) > 0)
 }
 
 fn rename_generic(session: &mut Session, args: Args, nx: bool) -> CoordFuture<'_> {
     Box::pin(async move {
-        let (from, to) = (args.get(1).to_vec(), args.get(2).to_vec());
-        let (src, dst) = (session.shard.shard_of(&from), session.shard.shard_of(&to));
+        let (from, to) = (args.get(1), args.get(2));
+        let (src, dst) = (session.shard.shard_of(from), session.shard.shard_of(to));
         let db = session.db;
-        let _tx = session
-            .lock([
-                (src, from.as_slice(), Mode::Exclusive),
-                (dst, to.as_slice(), Mode::Exclusive),
-            ])
+        let tx = session
+            .lock([(src, from, Mode::Exclusive), (dst, to, Mode::Exclusive)])
             .await?;
-        let Some(entry) = read_entry(session, src, db, from.clone()).await? else {
-            return Err(CommandError::NoSuchKey);
-        };
-        if nx && exists_on(session, dst, db, to.clone()).await? {
-            session.out.int(0);
-            return Ok(());
-        }
-        write_entry(session, dst, db, to, entry).await?;
-        session
-            .shard
-            .call(src, move |s| s.dbs()[db].remove_entry(&from).is_some())
-            .await
-            .map_err(shard_failed)?;
+        let outcome = rename_locked(session, (src, from), (dst, to), db, nx).await;
+        session.commit(tx).await?;
+        let done = outcome?;
         if nx {
-            session.out.int(1);
+            session.out.int(i64::from(done));
         } else {
             session.out.ok();
         }
         Ok(())
     })
+}
+
+async fn rename_locked(
+    session: &mut Session,
+    (src, from): (usize, &[u8]),
+    (dst, to): (usize, &[u8]),
+    db: usize,
+    nx: bool,
+) -> CommandResult<bool> {
+    let Some(entry) = read_entry(session, src, db, from).await? else {
+        return Err(CommandError::NoSuchKey);
+    };
+    if nx && exists_on(session, dst, db, to).await? {
+        return Ok(false);
+    }
+    write_entry(session, dst, db, to, entry).await?;
+    session
+        .run_calls(src, db, vec![Args::from_vecs([b"DEL".as_slice(), from])])
+        .await?;
+    Ok(true)
 }
 
 pub fn rename(session: &mut Session, args: Args) -> CoordFuture<'_> {
@@ -181,25 +197,32 @@ pub fn renamenx(session: &mut Session, args: Args) -> CoordFuture<'_> {
 pub fn copy(session: &mut Session, args: Args) -> CoordFuture<'_> {
     Box::pin(async move {
         let options = copy_options(&args, session.db, session.shard.config().databases)?;
-        let (from, to) = (args.get(1).to_vec(), args.get(2).to_vec());
-        let (src, dst) = (session.shard.shard_of(&from), session.shard.shard_of(&to));
+        let (from, to) = (args.get(1), args.get(2));
+        let (src, dst) = (session.shard.shard_of(from), session.shard.shard_of(to));
         let db = session.db;
-        let _tx = session
-            .lock([
-                (src, from.as_slice(), Mode::Shared),
-                (dst, to.as_slice(), Mode::Exclusive),
-            ])
+        let tx = session
+            .lock([(src, from, Mode::Shared), (dst, to, Mode::Exclusive)])
             .await?;
-        let Some(entry) = read_entry(session, src, db, from).await? else {
-            session.out.int(0);
-            return Ok(());
-        };
-        if !options.replace && exists_on(session, dst, options.dest_db, to.clone()).await? {
-            session.out.int(0);
-            return Ok(());
-        }
-        write_entry(session, dst, options.dest_db, to, entry).await?;
-        session.out.int(1);
+        let outcome = copy_locked(session, (src, from), (dst, to), db, options).await;
+        session.commit(tx).await?;
+        session.out.int(i64::from(outcome?));
         Ok(())
     })
+}
+
+async fn copy_locked(
+    session: &mut Session,
+    (src, from): (usize, &[u8]),
+    (dst, to): (usize, &[u8]),
+    db: usize,
+    options: super::keys::CopyOptions,
+) -> CommandResult<bool> {
+    let Some(entry) = read_entry(session, src, db, from).await? else {
+        return Ok(false);
+    };
+    if !options.replace && exists_on(session, dst, options.dest_db, to).await? {
+        return Ok(false);
+    }
+    write_entry(session, dst, options.dest_db, to, entry).await?;
+    Ok(true)
 }

@@ -110,6 +110,7 @@ fn rename_generic(ctx: &mut KeyCtx<'_>, args: &Args, nx: bool) -> CommandResult 
             db.set_expire(to, at);
         }
     }
+    ctx.log_as(vec![Args::from_vecs([b"RENAME".as_slice(), from, to])]);
     reply_renamed(ctx, nx, true);
     Ok(())
 }
@@ -279,10 +280,17 @@ fn expire_generic(
         ctx.out.int(0);
         return Ok(());
     }
-    if when <= ctx.now_ms {
-        db.remove_entry(key);
+    if ctx.is_past(when) {
+        ctx.dbs[ctx.db].remove_entry(key);
+        ctx.log_as(vec![Args::from_vecs([b"DEL".as_slice(), key])]);
     } else {
-        db.set_expire(key, when);
+        ctx.dbs[ctx.db].set_expire(key, when);
+        let when = when.to_string();
+        ctx.log_as(vec![Args::from_vecs([
+            b"PEXPIREAT".as_slice(),
+            key,
+            when.as_bytes(),
+        ])]);
     }
     ctx.out.int(1);
     Ok(())

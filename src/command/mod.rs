@@ -17,7 +17,7 @@ mod args;
 pub use args::*;
 
 use crate::config::Config;
-use crate::protocol::ReplyBuf;
+use crate::protocol::{Args, ReplyBuf};
 use crate::shard::db::Db;
 use table::Handler;
 
@@ -30,12 +30,37 @@ pub struct KeyCtx<'a> {
     pub now_ms: i64,
     pub out: &'a mut ReplyBuf,
     pub config: &'a Config,
+    /// Replaying the log: expiry times are applied as logged, never acted on.
+    pub loading: bool,
+    /// What the log should record for this command if it changed data.
+    pub log: LogAs,
+}
+
+/// What the append-only log records for a command that changed data.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum LogAs {
+    /// The command as the client sent it (deterministic as is).
+    #[default]
+    Original,
+    /// These commands instead: absolute expiry times, effects instead of conditions.
+    Commands(Vec<Args>),
 }
 
 impl KeyCtx<'_> {
     /// The selected database.
     pub fn db(&mut self) -> &mut Db {
         &mut self.dbs[self.db]
+    }
+
+    /// True if an absolute expiry time has passed (never while replaying the log: the logged
+    /// command ran when it had not).
+    pub fn is_past(&self, at_ms: i64) -> bool {
+        !self.loading && at_ms <= self.now_ms
+    }
+
+    /// Logs `commands` instead of the command as sent.
+    pub fn log_as(&mut self, commands: Vec<Args>) {
+        self.log = LogAs::Commands(commands);
     }
 }
 

@@ -16,6 +16,7 @@ use crate::shard::db::Db;
 use crate::shard::dict::Dict;
 use crate::shard::locks::Mode;
 use crate::shard::value::Value;
+use crate::storage::record::TxTag;
 use crate::telemetry::info::{self, ShardSnapshot};
 
 pub static HANDLERS: &[(&str, Handler)] = &[
@@ -433,8 +434,10 @@ fn flush(session: &mut Session, args: Args, all: bool) -> CoordFuture<'_> {
     Box::pin(async move {
         let asynchronous = flush_mode(&args)?;
         let db = session.db;
-        let _tx = session.lock_all_shards(Mode::Exclusive).await?;
-        session
+        let tx = session.lock_all_shards(Mode::Exclusive).await?;
+        let tag = session.tx_tag();
+        let logged = Args::from_vecs([if all { "FLUSHALL" } else { "FLUSHDB" }]);
+        let result = session
             .gather(move |s| {
                 let mut dbs = s.dbs();
                 let mut old = Vec::new();
@@ -444,12 +447,22 @@ fn flush(session: &mut Session, args: Args, all: bool) -> CoordFuture<'_> {
                     }
                 }
                 drop(dbs);
+                log_in_tx(s, tag, db, &logged);
                 dispose(old, asynchronous);
             })
-            .await?;
+            .await;
+        session.commit(tx).await?;
+        result?;
         session.out.ok();
         Ok(())
     })
+}
+
+/// Keeps a whole-keyspace command in the log part of transaction `tag` on this shard.
+fn log_in_tx(shard: &crate::shard::Shard, tag: Option<TxTag>, db: usize, args: &Args) {
+    if let Some(tag) = tag {
+        shard.with_aof(|a| a.buffer_tx(tag, db as u32, args.clone()));
+    }
 }
 
 fn flushdb(session: &mut Session, args: Args) -> CoordFuture<'_> {
@@ -474,17 +487,26 @@ fn swapdb(session: &mut Session, args: Args) -> CoordFuture<'_> {
                 .ok_or(CommandError::DbIndexOutOfRange)
         };
         let (a, b) = (index(first)?, index(second)?);
-        let _tx = session.lock_all_shards(Mode::Exclusive).await?;
-        if a != b {
+        let tx = session.lock_all_shards(Mode::Exclusive).await?;
+        let tag = session.tx_tag();
+        let logged = args.clone();
+        let result = if a != b {
             session
                 .gather(move |s| {
                     let mut dbs = s.dbs();
                     let (low, high) = (a.min(b), a.max(b));
                     let (left, right) = dbs.split_at_mut(high);
                     Db::swap_contents(&mut left[low], &mut right[0]);
+                    drop(dbs);
+                    log_in_tx(s, tag, 0, &logged);
                 })
-                .await?;
-        }
+                .await
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
+        session.commit(tx).await?;
+        result?;
         session.out.ok();
         Ok(())
     })

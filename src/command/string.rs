@@ -154,16 +154,38 @@ fn set_generic(
         }
         return Ok(());
     }
+    let past = expire_ms.is_some_and(|at| ctx.is_past(at));
     match expire_ms {
-        Some(at) if at <= ctx.now_ms => {
+        Some(_) if past => {
             // Already in the past: nothing to store, and an existing key goes away.
-            db.remove(key, ctx.now_ms);
+            ctx.dbs[ctx.db].remove(key, ctx.now_ms);
+            ctx.log_as(vec![Args::from_vecs([b"DEL".as_slice(), key])]);
         }
         Some(at) => {
-            db.set(key, Value::string(value), true);
-            db.set_expire(key, at);
+            ctx.dbs[ctx.db].set(key, Value::string(value), true);
+            ctx.dbs[ctx.db].set_expire(key, at);
+            let at = at.to_string();
+            ctx.log_as(vec![Args::from_vecs([
+                b"SET".as_slice(),
+                key,
+                value,
+                b"PXAT",
+                at.as_bytes(),
+            ])]);
         }
-        None => db.set(key, Value::string(value), options.keep_ttl),
+        None if options.keep_ttl => {
+            ctx.dbs[ctx.db].set(key, Value::string(value), true);
+            ctx.log_as(vec![Args::from_vecs([
+                b"SET".as_slice(),
+                key,
+                value,
+                b"KEEPTTL",
+            ])]);
+        }
+        None => {
+            ctx.dbs[ctx.db].set(key, Value::string(value), false);
+            ctx.log_as(vec![Args::from_vecs([b"SET".as_slice(), key, value])]);
+        }
     }
     if !options.get {
         match on_abort {
@@ -239,12 +261,18 @@ fn psetex(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
 fn getset(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
     reply_string(ctx, args.get(1))?;
     ctx.dbs[ctx.db].set(args.get(1), Value::string(args.get(2)), false);
+    ctx.log_as(vec![Args::from_vecs([
+        b"SET".as_slice(),
+        args.get(1),
+        args.get(2),
+    ])]);
     Ok(())
 }
 
 fn getdel(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
     reply_string(ctx, args.get(1))?;
     ctx.dbs[ctx.db].remove(args.get(1), ctx.now_ms);
+    ctx.log_as(vec![Args::from_vecs([b"DEL".as_slice(), args.get(1)])]);
     Ok(())
 }
 
@@ -270,13 +298,24 @@ fn getex(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
         options.expire,
         Some((_, ExpireUnit::UnixSeconds | ExpireUnit::UnixMillis))
     );
+    let past = expire_ms.is_some_and(|at| ctx.is_past(at));
     match expire_ms {
-        Some(at) if absolute && at <= ctx.now_ms => {
-            db.remove_entry(key);
+        Some(_) if absolute && past => {
+            ctx.dbs[ctx.db].remove_entry(key);
+            ctx.log_as(vec![Args::from_vecs([b"DEL".as_slice(), key])]);
         }
-        Some(at) => db.set_expire(key, at),
+        Some(at) => {
+            ctx.dbs[ctx.db].set_expire(key, at);
+            let at = at.to_string();
+            ctx.log_as(vec![Args::from_vecs([
+                b"PEXPIREAT".as_slice(),
+                key,
+                at.as_bytes(),
+            ])]);
+        }
         None if options.persist => {
-            db.persist(key);
+            ctx.dbs[ctx.db].persist(key);
+            ctx.log_as(vec![Args::from_vecs([b"PERSIST".as_slice(), key])]);
         }
         None => {}
     }
@@ -395,6 +434,12 @@ fn incrbyfloat(ctx: &mut KeyCtx<'_>, args: &Args) -> CommandResult {
         Some(slot) => *slot = value,
         None => db.set(key, value, false),
     }
+    ctx.log_as(vec![Args::from_vecs([
+        b"SET".as_slice(),
+        key,
+        text.as_bytes(),
+        b"KEEPTTL",
+    ])]);
     ctx.out.bulk(text.as_bytes());
     Ok(())
 }

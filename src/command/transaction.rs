@@ -158,14 +158,19 @@ fn exec(session: &mut Session, _args: Args) -> CoordFuture<'_> {
             session.out.null_array();
             return Ok(());
         }
+        let start = session.out.len();
         session.out.array(multi.queued.len());
-        session.in_exec = true;
+        session.set_exec(Some(tx.tag()));
         for q in multi.queued {
             session.execute(q.command, q.args).await;
         }
         session.flush_group().await;
-        session.in_exec = false;
-        tx.release();
+        session.set_exec(None);
+        if let Err(e) = session.commit(Some(tx)).await {
+            // Not durable: the client must not take the replies as done.
+            session.out.truncate(start);
+            return Err(e);
+        }
         Ok(())
     })
 }

@@ -15,7 +15,7 @@ const ARGS_INLINE_COUNT: usize = 5;
 
 /// The arguments of one command: the request's bytes and where each argument lies in them.
 /// Cheap to clone and `Send`, so a command can be handed to another shard without copying.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Args {
     frame: Bytes,
     spans: SmallVec<[(usize, usize); ARGS_INLINE_COUNT]>,
@@ -95,6 +95,13 @@ impl Args {
         }
     }
 
+    /// Replaces the first argument (the command name), keeping the others.
+    pub fn set_name(&mut self, name: &[u8]) {
+        let mut words: Vec<&[u8]> = vec![name];
+        words.extend(self.iter().skip(1));
+        *self = Args::from_vecs(words);
+    }
+
     /// Bytes of argument data (for memory accounting in CLIENT LIST).
     pub fn data_bytes(&self) -> usize {
         self.spans.iter().map(|(s, e)| e - s).sum()
@@ -110,6 +117,15 @@ impl Args {
         String::from_utf8_lossy(self.get(index)).into_owned()
     }
 }
+
+/// Equal when the arguments are, wherever their bytes lie.
+impl PartialEq for Args {
+    fn eq(&self, other: &Args) -> bool {
+        self.len() == other.len() && self.iter().zip(other.iter()).all(|(a, b)| a == b)
+    }
+}
+
+impl Eq for Args {}
 
 impl std::fmt::Debug for Args {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

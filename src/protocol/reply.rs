@@ -262,6 +262,28 @@ pub fn element_len(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// The string of an encoded bulk reply; `None` for a null or anything else.
+pub fn decode_bulk(reply: &[u8]) -> Option<&[u8]> {
+    let rest = reply.strip_prefix(b"$")?;
+    let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
+    rest.get(line_end + 2..line_end + 2 + len)
+}
+
+/// How many complete replies `buf` holds one after another.
+pub fn count_elements(buf: &[u8]) -> usize {
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(len) = buf.get(at..).and_then(element_len) {
+        if len == 0 {
+            break;
+        }
+        count += 1;
+        at += len;
+    }
+    count
+}
+
 /// The encoded elements of an encoded array reply (empty if `reply` is not an array).
 pub fn array_elements(reply: &[u8]) -> Vec<&[u8]> {
     let mut elements = Vec::new();

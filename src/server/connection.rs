@@ -111,6 +111,7 @@ impl Connection {
                     }
                     if session.out.len() >= OUTPUT_FLUSH_BYTES {
                         session.flush_group().await;
+                        session.settle().await;
                         if !self.write_out(session).await? {
                             return Ok(Some(Close::Normal));
                         }
@@ -159,6 +160,7 @@ async fn serve_loop(conn: &mut Connection, session: &mut Session) -> std::io::Re
     loop {
         let close = conn.run_buffered(session).await?;
         session.flush_group().await;
+        session.settle().await;
         if !conn.write_out(session).await? {
             return Ok(Close::Normal);
         }

@@ -22,6 +22,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::Config;
 use crate::shard::mesh::{self, Batch, CHANNEL_BATCHES_MAX};
 use crate::shard::{cron, Shard};
+use crate::storage::open::LogStart;
 use state::ServerState;
 
 /// Memory each executor registers with io_uring (glommio pins it three times).
@@ -150,7 +151,12 @@ pub fn run(config: Config, config_file: String) -> Result<(), StartError> {
     raise_limits(config.maxclients);
     let listeners =
         listener::bind_all(&config.bind, config.port, shards).map_err(StartError::Listen)?;
+    let log = crate::storage::open::prepare(&config, shards).map_err(StartError::Config)?;
     let server = Arc::new(ServerState::new(config, shard_cpus.clone(), config_file));
+    if let Some(log) = &log {
+        server.set_generation(log.manifest.generation);
+    }
+    let log = log.map(Arc::new);
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, server.shutdown_flag()) {
             log::warn!("Could not install the handler for signal {signal}: {e}");
@@ -164,11 +170,12 @@ pub fn run(config: Config, config_file: String) -> Result<(), StartError> {
         let server = Arc::clone(&server);
         let mesh_builder = mesh_builder.clone();
         let ready = ready_tx.clone();
+        let log = log.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("corekv-shard-{slot}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
-                shard_main(server, mesh_builder, cpu, fds, ready).await;
+                shard_main(server, mesh_builder, cpu, fds, log, ready).await;
             })
             .map_err(|e| StartError::Shard {
                 shard: slot,
@@ -180,7 +187,7 @@ pub fn run(config: Config, config_file: String) -> Result<(), StartError> {
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(_)) => {}
-            Ok(Err(reason)) => return Err(StartError::Shard { shard: 0, reason }),
+            Ok(Err(reason)) => return Err(StartError::Config(reason)),
             Err(_) => {
                 return Err(StartError::Shard {
                     shard: 0,
@@ -202,6 +209,7 @@ async fn shard_main(
     mesh_builder: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
     cpu: usize,
     listeners: Vec<RawFd>,
+    log: Option<Arc<LogStart>>,
     ready: mpsc::Sender<Result<usize, String>>,
 ) {
     let joined = if server.shard_count > 1 {
@@ -219,6 +227,12 @@ async fn shard_main(
     let shard = Rc::new(Shard::new(index, cpu, server));
     if let Some((senders, receivers)) = joined {
         mesh::start(&shard, senders, receivers);
+    }
+    if let Some(log) = &log {
+        if let Err(e) = crate::storage::open::start_shard(&shard, log).await {
+            let _ = ready.send(Err(e));
+            return;
+        }
     }
     glommio::spawn_local(cron::run(Rc::clone(&shard))).detach();
     if index == 0 {

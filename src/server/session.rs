@@ -1,11 +1,16 @@
 //! One client's session: its state (database, protocol, auth, MULTI, WATCH) and the dispatcher
 //! that runs its commands in order.
 //!
-//! Pipelined keyed commands are collected into a *group*: each shard receives, in one message,
-//! the group's commands for its keys, all shards work at the same time, and the replies are put
-//! back in the client's order. Every other command (connection, server, cross-shard) first waits
-//! for the group, so it sees the effects of everything the client sent before it. A group that
-//! only touches the connection's own shard runs in place, writing straight into the output.
+//! Keyed commands for the connection's own shard run in place, writing straight into the
+//! output. Pipelined keyed commands for other shards are collected into a *group*: each shard
+//! receives, in one message, the group's commands for its keys, all shards work at the same
+//! time, and the replies are put back in the client's order (commands for the own shard that
+//! come after a remote one wait in the group too). Every other command (connection, server,
+//! cross-shard) first waits for the group, so it sees the effects of everything the client sent
+//! before it.
+//!
+//! With the log on, the session also remembers, per shard, where its last write ended (for
+//! WAITAOF), and in `appendfsync always` holds its replies until what they depend on is durable.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -15,14 +20,18 @@ use crate::command::table::{flags, Command, Handler, LookupError, Registry, Spli
 use crate::error::{CommandError, CommandResult};
 use crate::protocol::{Args, ReplyBuf};
 use crate::server::clients::ClientInfo;
-use crate::shard::exec::{keyed_job, run_keyed, run_keyed_to_end, KeyedCall, Replies};
-use crate::shard::locks::{LockSet, Mode};
+use crate::shard::exec::{keyed_job, run_keyed, Effects, KeyedCall, Mode, Replies};
+use crate::shard::locks::{self, LockSet};
 use crate::shard::mesh::MeshError;
 use crate::shard::tx::{ShardPlan, Transaction};
 use crate::shard::Shard;
+use crate::storage::aof::AofFailure;
+use crate::storage::record::TxTag;
+use crate::storage::FsyncMode;
 
-/// Keyed commands collected before the group is sent to the shards.
-const GROUP_CALLS_MAX: usize = 1024;
+/// Keyed commands collected before the group is sent to the shards. Bounds the replies a
+/// connection holds in memory before it writes them (a group's replies are gathered whole).
+const GROUP_CALLS_MAX: usize = 64;
 
 /// A command queued inside MULTI.
 pub struct Queued {
@@ -72,7 +81,19 @@ pub struct Session {
     pub close_after_reply: bool,
     /// Running the body of EXEC: its transaction holds every lock the commands need.
     pub in_exec: bool,
+    /// The transaction the session's commands run under right now, if any.
+    tx_tag: Option<TxTag>,
+    /// Per shard: where this connection's last write ended in that shard's log (WAITAOF).
+    pub woff: Vec<u64>,
+    /// `always` mode: the own shard's log position the pending replies wait for, and the
+    /// byte ranges of the replies that depend on it (replaced by errors if the write fails).
+    gate: u64,
+    gated: Vec<(usize, usize)>,
     group: Group,
+}
+
+fn shard_count(group: &Group) -> usize {
+    group.per_shard.len()
 }
 
 /// Where a keyed command runs.
@@ -99,6 +120,10 @@ impl Session {
             watched: Vec::new(),
             close_after_reply: false,
             in_exec: false,
+            tx_tag: None,
+            woff: vec![0; shard_count(&group)],
+            gate: 0,
+            gated: Vec::new(),
             group,
         }
     }
@@ -239,17 +264,106 @@ impl Session {
         Route::One(target.unwrap_or(self.shard.index()))
     }
 
+    /// The transaction the session's commands run under right now.
+    pub fn tx_tag(&self) -> Option<TxTag> {
+        self.tx_tag
+    }
+
+    /// How calls run now: under the session's transaction, or on their own.
+    pub fn mode(&self) -> Mode {
+        match self.tx_tag {
+            Some(tag) => Mode::Transaction(tag),
+            None => Mode::Plain,
+        }
+    }
+
     async fn push_keyed(&mut self, shard: usize, command: &'static Command, args: Args) {
-        self.group.per_shard[shard].push(KeyedCall {
+        let call = KeyedCall {
             command,
             args,
             db: self.db,
             counted: true,
-        });
+        };
+        if shard == self.shard.index() && self.group.is_empty() {
+            // Nothing earlier is outstanding: run it now, straight into the output.
+            self.run_local(vec![call]).await;
+            return;
+        }
+        self.group.per_shard[shard].push(call);
         self.group.order.push(shard);
         if self.group.order.len() >= GROUP_CALLS_MAX {
             self.flush_group().await;
         }
+    }
+
+    /// Runs calls on the own shard, writing into the output, waiting out transaction locks.
+    async fn run_local(&mut self, calls: Vec<KeyedCall>) {
+        let mode = self.mode();
+        let mut effects = Effects::default();
+        let start = self.out.len();
+        let mut next = 0;
+        loop {
+            next = run_keyed(
+                &self.shard,
+                &calls,
+                next,
+                &mut self.out,
+                None,
+                mode,
+                &mut effects,
+            );
+            if next == calls.len() {
+                break;
+            }
+            self.shard.lock_released().await;
+        }
+        let end = self.out.len();
+        self.note_effects(self.shard.index(), effects, Some((start, end)));
+    }
+
+    /// Records what commands run on `shard` mean for WAITAOF and for `always` replies.
+    fn note_effects(&mut self, shard: usize, effects: Effects, replies: Option<(usize, usize)>) {
+        if effects.wrote_to > 0 {
+            self.woff[shard] = self.woff[shard].max(effects.wrote_to);
+        }
+        if effects.durable_at > 0 && shard == self.shard.index() {
+            self.gate = self.gate.max(effects.durable_at);
+            if let Some(range) = replies {
+                self.gated.push(range);
+            }
+        }
+    }
+
+    /// Waits until the replies written so far may leave: in `always` mode, until the own
+    /// shard's log covers what they depend on. If that write failed, the replies that depended
+    /// on it become errors.
+    pub async fn settle(&mut self) {
+        let gate = std::mem::take(&mut self.gate);
+        let gated = std::mem::take(&mut self.gated);
+        if gate == 0 {
+            return;
+        }
+        if let Err(failure) = self.shard.durable(gate, false).await {
+            self.replace_replies(&gated, &failure);
+        }
+    }
+
+    fn replace_replies(&mut self, ranges: &[(usize, usize)], failure: &AofFailure) {
+        let old = self.out.take();
+        let mut at = 0;
+        for &(start, end) in ranges {
+            if start < at || end > old.len() {
+                continue;
+            }
+            self.out.raw(&old[at..start]);
+            // One error per reply in the range.
+            let count = crate::protocol::reply::count_elements(&old[start..end]);
+            for _ in 0..count {
+                self.out.error(&failure.misconf());
+            }
+            at = end;
+        }
+        self.out.raw(&old[at..]);
     }
 
     /// Runs the collected keyed commands and writes their replies in the client's order.
@@ -257,7 +371,7 @@ impl Session {
         if self.group.is_empty() {
             return;
         }
-        let in_tx = self.in_exec;
+        let mode = self.mode();
         let local = self.shard.index();
         let order = std::mem::take(&mut self.group.order);
         let used: Vec<usize> = (0..self.group.per_shard.len())
@@ -265,7 +379,7 @@ impl Session {
             .collect();
         if used == [local] {
             let calls = std::mem::take(&mut self.group.per_shard[local]);
-            run_keyed_to_end(&self.shard, &calls, &mut self.out, None, in_tx).await;
+            self.run_local(calls).await;
             return;
         }
         let protocol = self.out.protocol();
@@ -275,18 +389,27 @@ impl Session {
             let count = calls.len();
             let call = self
                 .shard
-                .call_outcome::<Replies, _>(s, keyed_job(calls, protocol, in_tx));
+                .call_outcome::<Replies, _>(s, keyed_job(calls, protocol, mode));
             remote.push((s, count, call));
         }
         self.shard.stats.borrow_mut().cross_shard_sent += remote.len() as u64;
         let mut replies: Vec<Option<Replies>> = (0..self.shard.count()).map(|_| None).collect();
+        let mut local_effects = Effects::default();
         if used.contains(&local) {
             let calls = std::mem::take(&mut self.group.per_shard[local]);
             let mut out = ReplyBuf::new(protocol);
             let mut ends = Vec::with_capacity(calls.len());
             let mut next = 0;
             while next < calls.len() {
-                next = run_keyed(&self.shard, &calls, next, &mut out, Some(&mut ends), in_tx);
+                next = run_keyed(
+                    &self.shard,
+                    &calls,
+                    next,
+                    &mut out,
+                    Some(&mut ends),
+                    mode,
+                    &mut local_effects,
+                );
                 if next < calls.len() {
                     self.shard.lock_released().await;
                 }
@@ -294,18 +417,60 @@ impl Session {
             replies[local] = Some(Replies {
                 bytes: out.take(),
                 ends,
+                ..Replies::default()
             });
         }
         for (s, count, call) in remote {
-            replies[s] = Some(call.await.unwrap_or_else(|e| failed_replies(e, count)));
+            let r = call.await.unwrap_or_else(|e| failed_replies(e, count));
+            self.note_effects(s, r.effects, None);
+            replies[s] = Some(r);
         }
+        let start = self.out.len();
         let mut next_reply = vec![0usize; replies.len()];
         for s in order {
             if let Some(r) = &replies[s] {
-                self.out.raw(r.reply(next_reply[s]));
+                match &r.failure {
+                    Some(failure) => self.out.error(&failure.misconf()),
+                    None => self.out.raw(r.reply(next_reply[s])),
+                }
                 next_reply[s] += 1;
             }
         }
+        let end = self.out.len();
+        self.note_effects(local, local_effects, Some((start, end)));
+    }
+
+    /// Runs keyed commands (given as arguments) on `shard` under the session's transaction and
+    /// returns their replies (for cross-shard commands made of per-shard steps).
+    pub async fn run_calls(
+        &mut self,
+        shard: usize,
+        db: usize,
+        commands: Vec<Args>,
+    ) -> CommandResult<Replies> {
+        let mut calls = Vec::with_capacity(commands.len());
+        for args in commands {
+            let command = Registry::get()
+                .lookup(args.get(0))
+                .ok_or_else(|| CommandError::err("internal command missing"))?;
+            calls.push(KeyedCall {
+                command,
+                args,
+                db,
+                counted: false,
+            });
+        }
+        let protocol = self.out.protocol();
+        let replies: Replies = self
+            .shard
+            .call_outcome(shard, keyed_job(calls, protocol, self.mode()))
+            .await
+            .map_err(mesh_error)?;
+        self.note_effects(shard, replies.effects, None);
+        if let Some(failure) = &replies.failure {
+            return Err(CommandError::Coded(failure.misconf()));
+        }
+        Ok(replies)
     }
 
     /// A keyed command whose keys live on several shards.
@@ -336,9 +501,9 @@ impl Session {
     ) -> CommandResult {
         let with_values = matches!(split, Split::AllOk);
         let mode = if command.is_write() {
-            Mode::Exclusive
+            locks::Mode::Exclusive
         } else {
-            Mode::Shared
+            locks::Mode::Shared
         };
         let mut parts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         let mut key_shards = Vec::new();
@@ -353,29 +518,24 @@ impl Session {
             key_shards.push(shard);
             keys.push((shard, position));
         }
-        let _tx = self
+        let tx = self
             .lock(keys.iter().map(|&(s, p)| (s, args.get(p), mode)))
             .await?;
-        let protocol = self.out.protocol();
-        let mut pending = Vec::new();
-        for (&shard, positions) in &parts {
-            let call = KeyedCall {
-                command,
-                args: args.select(std::iter::once(0).chain(positions.iter().copied())),
-                db: self.db,
-                counted: false,
-            };
-            pending.push((
-                shard,
-                self.shard
-                    .call_outcome::<Replies, _>(shard, keyed_job(vec![call], protocol, true)),
-            ));
-        }
         let mut replies: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
-        for (shard, call) in pending {
-            let reply = call.await.map_err(mesh_error)?;
-            replies.insert(shard, reply.reply(0).to_vec());
+        for (&shard, positions) in &parts {
+            let part = args.select(std::iter::once(0).chain(positions.iter().copied()));
+            let r = self.run_calls(shard, self.db, vec![part]).await;
+            match r {
+                Ok(r) => {
+                    replies.insert(shard, r.reply(0).to_vec());
+                }
+                Err(e) => {
+                    self.commit(tx).await?;
+                    return Err(e);
+                }
+            }
         }
+        self.commit(tx).await?;
         if let Some(error) = replies.values().find_map(|r| reply_error(r)) {
             return Err(CommandError::Coded(error));
         }
@@ -404,11 +564,40 @@ impl Session {
         Ok(())
     }
 
+    /// Commits a transaction this session began (no-op inside EXEC, whose transaction commits
+    /// at its end): logs what it wrote, releases its locks, and in `always` mode waits until
+    /// every part is durable. A failed write is this command's error.
+    pub async fn commit(&mut self, tx: Option<Transaction>) -> CommandResult {
+        let Some(tx) = tx else {
+            return Ok(());
+        };
+        self.tx_tag = None;
+        let ends = tx.commit().await.map_err(mesh_error)?;
+        let mut failure = None;
+        for (shard, end) in ends {
+            self.woff[shard] = self.woff[shard].max(end);
+            if end > 0 && self.shard.aof_mode() == Some(FsyncMode::Always) {
+                let waited: Result<(), AofFailure> = self
+                    .shard
+                    .call_async(shard, move |s| s.durable(end, false))
+                    .await
+                    .map_err(mesh_error)?;
+                if let Err(f) = waited {
+                    failure = Some(f);
+                }
+            }
+        }
+        match failure {
+            Some(f) => Err(CommandError::Coded(f.misconf())),
+            None => Ok(()),
+        }
+    }
+
     /// Takes transaction locks on `keys` (`(shard, key, mode)`), unless this session already
     /// runs inside EXEC, whose transaction holds them.
     pub async fn lock<'k>(
-        &self,
-        keys: impl IntoIterator<Item = (usize, &'k [u8], Mode)>,
+        &mut self,
+        keys: impl IntoIterator<Item = (usize, &'k [u8], locks::Mode)>,
     ) -> CommandResult<Option<Transaction>> {
         if self.in_exec {
             return Ok(None);
@@ -423,11 +612,21 @@ impl Session {
         let (tx, _) = Transaction::begin(&self.shard, plan)
             .await
             .map_err(mesh_error)?;
+        self.tx_tag = Some(tx.tag());
         Ok(Some(tx))
     }
 
+    /// Runs inside EXEC under `tag` (or leaves it with `None`).
+    pub fn set_exec(&mut self, tag: Option<TxTag>) {
+        self.in_exec = tag.is_some();
+        self.tx_tag = tag;
+    }
+
     /// Takes a whole-shard lock on every shard (FLUSHALL, SWAPDB), unless inside EXEC.
-    pub async fn lock_all_shards(&self, mode: Mode) -> CommandResult<Option<Transaction>> {
+    pub async fn lock_all_shards(
+        &mut self,
+        mode: locks::Mode,
+    ) -> CommandResult<Option<Transaction>> {
         if self.in_exec {
             return Ok(None);
         }
@@ -440,6 +639,7 @@ impl Session {
         let (tx, _) = Transaction::begin(&self.shard, plan)
             .await
             .map_err(mesh_error)?;
+        self.tx_tag = Some(tx.tag());
         Ok(Some(tx))
     }
 
@@ -582,6 +782,7 @@ fn failed_replies(error: MeshError, count: usize) -> Replies {
     Replies {
         bytes: out.take(),
         ends,
+        ..Replies::default()
     }
 }
 

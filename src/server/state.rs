@@ -1,7 +1,7 @@
 //! State shared by every shard of the process: configuration, client counters, identity and
 //! the shutdown request. Everything here is thread-safe and rarely written.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,8 @@ pub struct ServerState {
     pub executable: String,
     pub config_file: String,
     next_client_id: AtomicU64,
+    /// The log's generation (grows at every start): makes transaction ids unique on disk.
+    generation: AtomicU32,
     connected_clients: AtomicU64,
     shutdown_requested: Arc<AtomicBool>,
 }
@@ -45,9 +47,18 @@ impl ServerState {
             config_file,
             config: LiveConfig::new(config),
             next_client_id: AtomicU64::new(1),
+            generation: AtomicU32::new(0),
             connected_clients: AtomicU64::new(0),
             shutdown_requested: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    pub fn set_generation(&self, generation: u32) {
+        self.generation.store(generation, Ordering::Relaxed);
     }
 
     /// A new client id: increasing across the whole server, as in Valkey.

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::Shard;
+use super::{exec, Shard};
 use crate::server::state::unix_ms;
 
 /// Keys with a TTL looked at per expiry step (Valkey samples 20).
@@ -50,6 +50,9 @@ fn active_expire(shard: &Shard, budget: Duration) {
                 break;
             }
         }
+    }
+    if let Some(aof) = shard.aof().as_mut() {
+        exec::log_expired(aof, &mut dbs);
     }
 }
 

@@ -44,6 +44,13 @@ pub struct Db {
     /// Running estimate of the remaining TTL of keys with one, in milliseconds.
     avg_ttl_ms: i64,
     pub stats: DbStats,
+    /// Counts changes to keys (not expirations): a command changed data if it moved.
+    changes: u64,
+    /// Replaying the log: nothing expires, logged commands are applied as they ran.
+    loading: bool,
+    /// Keys deleted because they expired, not yet logged (only while `log_expired`).
+    expired: Vec<Vec<u8>>,
+    log_expired: bool,
 }
 
 impl Db {
@@ -64,7 +71,40 @@ impl Db {
     }
 
     fn is_expired(&self, key: &[u8], now_ms: i64) -> bool {
-        !self.expires.is_empty() && self.expires.get(key).is_some_and(|&at| at <= now_ms)
+        !self.loading
+            && !self.expires.is_empty()
+            && self.expires.get(key).is_some_and(|&at| at <= now_ms)
+    }
+
+    /// Changes made to keys so far (expirations aside).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// While loading, nothing expires.
+    pub fn set_loading(&mut self, loading: bool) {
+        self.loading = loading;
+    }
+
+    pub fn is_loading(&self) -> bool {
+        self.loading
+    }
+
+    /// Keep the keys deleted by expiry so that the log records their deletion.
+    pub fn set_log_expired(&mut self, on: bool) {
+        self.log_expired = on;
+        if !on {
+            self.expired.clear();
+        }
+    }
+
+    /// The keys expired since the last call (to log as deletions).
+    pub fn take_expired(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.expired)
+    }
+
+    pub fn has_expired(&self) -> bool {
+        !self.expired.is_empty()
     }
 
     /// Deletes `key` if its time has passed; true if it was expired.
@@ -75,6 +115,9 @@ impl Db {
         self.keys.remove(key);
         self.expires.remove(key);
         self.stats.expired_keys += 1;
+        if self.log_expired {
+            self.expired.push(key.to_vec());
+        }
         self.touch(key);
         true
     }
@@ -115,11 +158,16 @@ impl Db {
         if !self.watches.by_key.is_empty() && self.keys.contains_key(key) {
             self.touch(key);
         }
-        self.keys.get_mut(key)
+        let value = self.keys.get_mut(key);
+        if value.is_some() {
+            self.changes += 1;
+        }
+        value
     }
 
     /// Stores `value` at `key`. The key's TTL is dropped unless `keep_ttl`.
     pub fn set(&mut self, key: &[u8], value: Value, keep_ttl: bool) {
+        self.changes += 1;
         self.keys.insert(SmallBytes::new(key), value);
         if !keep_ttl && !self.expires.is_empty() {
             self.expires.remove(key);
@@ -139,6 +187,7 @@ impl Db {
     pub fn remove_entry(&mut self, key: &[u8]) -> Option<(Value, Option<i64>)> {
         let (_, value) = self.keys.remove(key)?;
         let expire = self.expires.remove(key).map(|(_, at)| at);
+        self.changes += 1;
         self.touch(key);
         Some((value, expire))
     }
@@ -155,6 +204,7 @@ impl Db {
     pub fn set_expire(&mut self, key: &[u8], at_ms: i64) {
         if self.keys.contains_key(key) {
             self.expires.insert(SmallBytes::new(key), at_ms);
+            self.changes += 1;
             self.touch(key);
         }
     }
@@ -163,6 +213,7 @@ impl Db {
     pub fn persist(&mut self, key: &[u8]) -> bool {
         let had = self.expires.remove(key).is_some();
         if had {
+            self.changes += 1;
             self.touch(key);
         }
         had
@@ -179,6 +230,7 @@ impl Db {
             .collect();
         let keys = self.keys.take_all();
         let expires = self.expires.take_all();
+        self.changes += 1;
         for key in watched {
             self.touch(&key);
         }
@@ -192,6 +244,8 @@ impl Db {
     pub fn swap_contents(a: &mut Db, b: &mut Db) {
         let touched_a = a.watched_keys_present_in(b);
         let touched_b = b.watched_keys_present_in(a);
+        a.changes += 1;
+        b.changes += 1;
         std::mem::swap(&mut a.keys, &mut b.keys);
         std::mem::swap(&mut a.expires, &mut b.expires);
         std::mem::swap(&mut a.avg_ttl_ms, &mut b.avg_ttl_ms);

@@ -1,5 +1,6 @@
 //! Running keyed commands on the shard that owns their keys, for a local connection or for
-//! another shard's request. Replies are encoded here, once, in the requester's protocol.
+//! another shard's request. Replies are encoded here, once, in the requester's protocol; every
+//! command that changed data is appended to the shard's log in execution order.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -7,9 +8,13 @@ use std::time::Instant;
 use super::mesh::{Outcome, Payload};
 use super::Shard;
 use crate::command::table::{Command, Handler};
-use crate::command::KeyCtx;
+use crate::command::{KeyCtx, LogAs};
+use crate::error::CommandError;
 use crate::protocol::{Args, Protocol, ReplyBuf};
 use crate::server::state::unix_ms;
+use crate::storage::aof::{Aof, AofFailure};
+use crate::storage::record::TxTag;
+use crate::storage::FsyncMode;
 
 /// A keyed command bound for the shard that owns its keys.
 pub struct KeyedCall {
@@ -21,11 +26,39 @@ pub struct KeyedCall {
     pub counted: bool,
 }
 
-/// Replies of a batch run for another shard: the encoded bytes and where each reply ends.
+/// What running commands means for durability.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Effects {
+    /// End position of the last record these commands appended (0: none).
+    pub wrote_to: u64,
+    /// Position the replies must wait for before they may leave in `always` mode: their own
+    /// records, and the not yet durable writes they read (0: none).
+    pub durable_at: u64,
+}
+
+impl Effects {
+    pub fn merge(&mut self, other: Effects) {
+        self.wrote_to = self.wrote_to.max(other.wrote_to);
+        self.durable_at = self.durable_at.max(other.durable_at);
+    }
+}
+
+/// How the calls run: on their own (checking transaction locks, logging each write), or as
+/// part of a transaction that holds the locks (its writes are logged when it commits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Plain,
+    Transaction(TxTag),
+}
+
+/// Replies of a batch run for another shard.
 #[derive(Debug, Default)]
 pub struct Replies {
     pub bytes: Vec<u8>,
     pub ends: Vec<usize>,
+    pub effects: Effects,
+    /// In `always` mode the shard waits for its log before replying; this says it failed.
+    pub failure: Option<AofFailure>,
 }
 
 impl Replies {
@@ -36,41 +69,63 @@ impl Replies {
     }
 }
 
+fn total_changes(dbs: &[crate::shard::db::Db]) -> u64 {
+    dbs.iter().map(|d| d.changes()).sum()
+}
+
 /// Runs `calls[from..]` in order, writing replies to `out` (and each reply's end offset to
-/// `ends`). Stops before a call whose key a transaction holds, unless the caller is that
-/// transaction (`in_tx`). Returns the index reached.
+/// `ends`). Stops before a call whose key a transaction holds, unless running inside that
+/// transaction. Returns the index reached.
 pub fn run_keyed(
     shard: &Shard,
     calls: &[KeyedCall],
     from: usize,
     out: &mut ReplyBuf,
     mut ends: Option<&mut Vec<usize>>,
-    in_tx: bool,
+    mode: Mode,
+    effects: &mut Effects,
 ) -> usize {
     let config = shard.config();
     let now_ms = unix_ms();
     let mut dbs = shard.dbs();
+    let mut aof = shard.aof();
     let mut stats = shard.stats.borrow_mut();
     for (i, call) in calls.iter().enumerate().skip(from) {
-        if !in_tx && is_blocked(shard, call) {
+        if mode == Mode::Plain && is_blocked(shard, call) {
             return i;
         }
+        let refused = if call.command.is_write() {
+            aof.as_ref()
+                .and_then(|a| a.failure())
+                .map(|f| CommandError::Coded(f.misconf()))
+        } else {
+            None
+        };
         let started = Instant::now();
-        let result = match call.command.handler {
-            Handler::Keyed(run, _) => {
+        let before = total_changes(&dbs);
+        let mut log = LogAs::Original;
+        let result = match (refused, call.command.handler) {
+            (Some(e), _) => Err(e),
+            (None, Handler::Keyed(run, _)) => {
                 let mut ctx = KeyCtx {
                     dbs: &mut dbs,
                     db: call.db,
                     now_ms,
                     out,
                     config: &config,
+                    loading: false,
+                    log: LogAs::Original,
                 };
-                run(&mut ctx, &call.args)
+                let result = run(&mut ctx, &call.args);
+                log = std::mem::take(&mut ctx.log);
+                result
             }
-            _ => Err(crate::error::CommandError::err(
-                "command cannot run on a shard",
-            )),
+            (None, _) => Err(CommandError::err("command cannot run on a shard")),
         };
+        if let Some(aof) = aof.as_mut() {
+            let changed = result.is_ok() && total_changes(&dbs) != before;
+            log_call(aof, &mut dbs, call, changed, log, mode, effects);
+        }
         if let Err(e) = &result {
             let message = e.to_string();
             out.error(&message);
@@ -85,6 +140,77 @@ pub fn run_keyed(
         }
     }
     calls.len()
+}
+
+/// Appends what a call did to the log: first the keys it found expired (as deletions), then
+/// the call itself if it changed data; or notes the unsynced writes it read.
+fn log_call(
+    aof: &mut Aof,
+    dbs: &mut [crate::shard::db::Db],
+    call: &KeyedCall,
+    changed: bool,
+    log: LogAs,
+    mode: Mode,
+    effects: &mut Effects,
+) {
+    log_expired(aof, dbs);
+    if changed {
+        let commands = match log {
+            LogAs::Original => vec![call.args.clone()],
+            LogAs::Commands(commands) => commands,
+        };
+        append(aof, call.db, commands, mode, effects);
+    } else if aof.mode == FsyncMode::Always {
+        for position in call.command.key_positions(&call.args) {
+            if let Some(end) = aof.dirty_until(call.db, call.args.get(position)) {
+                effects.durable_at = effects.durable_at.max(end);
+            }
+        }
+    }
+}
+
+/// Logs the deletions of keys that expired, at once and outside any transaction: whatever is
+/// logged next about those keys must come after them.
+pub fn log_expired(aof: &mut Aof, dbs: &mut [crate::shard::db::Db]) {
+    for (db_index, db) in dbs.iter_mut().enumerate() {
+        if !db.has_expired() {
+            continue;
+        }
+        for key in db.take_expired() {
+            let del = Args::from_vecs([b"DEL".as_slice(), &key]);
+            aof.append_commands(std::iter::once((db_index as u32, &del)));
+        }
+    }
+}
+
+fn append(aof: &mut Aof, db: usize, commands: Vec<Args>, mode: Mode, effects: &mut Effects) {
+    match mode {
+        Mode::Transaction(tag) => {
+            for args in commands {
+                aof.buffer_tx(tag, db as u32, args);
+            }
+        }
+        Mode::Plain => {
+            let end = aof.append_commands(commands.iter().map(|a| (db as u32, a)));
+            for args in &commands {
+                mark_dirty(aof, db, args, end);
+            }
+            effects.wrote_to = effects.wrote_to.max(end);
+            effects.durable_at = effects.durable_at.max(end);
+        }
+    }
+}
+
+/// Marks the keys a logged command writes as not durable until `end`.
+pub fn mark_dirty(aof: &mut Aof, db: usize, args: &Args, end: u64) {
+    if aof.mode != FsyncMode::Always {
+        return;
+    }
+    if let Some(command) = crate::command::table::Registry::get().lookup(args.get(0)) {
+        for position in command.key_positions(args) {
+            aof.mark_dirty(db, args.get(position), end);
+        }
+    }
 }
 
 fn is_blocked(shard: &Shard, call: &KeyedCall) -> bool {
@@ -105,11 +231,12 @@ pub async fn run_keyed_to_end(
     calls: &[KeyedCall],
     out: &mut ReplyBuf,
     mut ends: Option<&mut Vec<usize>>,
-    in_tx: bool,
+    mode: Mode,
+    effects: &mut Effects,
 ) {
     let mut next = 0;
     loop {
-        next = run_keyed(shard, calls, next, out, ends.as_deref_mut(), in_tx);
+        next = run_keyed(shard, calls, next, out, ends.as_deref_mut(), mode, effects);
         if next == calls.len() {
             return;
         }
@@ -117,36 +244,57 @@ pub async fn run_keyed_to_end(
     }
 }
 
-/// The job another shard runs for a batch of keyed calls; its result is [`Replies`].
+/// The job another shard runs for a batch of keyed calls; its result is [`Replies`]. In
+/// `always` mode the replies are held until what they depend on is durable.
 pub fn keyed_job(
     calls: Vec<KeyedCall>,
     protocol: Protocol,
-    in_tx: bool,
+    mode: Mode,
 ) -> impl FnOnce(&Rc<Shard>) -> Outcome + Send + 'static {
     move |shard| {
         shard.stats.borrow_mut().cross_shard_served += 1;
         let mut out = ReplyBuf::new(protocol);
         let mut ends = Vec::with_capacity(calls.len());
-        let next = run_keyed(shard, &calls, 0, &mut out, Some(&mut ends), in_tx);
-        if next == calls.len() {
+        let mut effects = Effects::default();
+        let next = run_keyed(
+            shard,
+            &calls,
+            0,
+            &mut out,
+            Some(&mut ends),
+            mode,
+            &mut effects,
+        );
+        let needs_wait = effects.durable_at > 0 && shard.aof_mode() == Some(FsyncMode::Always);
+        if next == calls.len() && !needs_wait {
             return Outcome::Ready(Box::new(Replies {
                 bytes: out.take(),
                 ends,
+                effects,
+                failure: None,
             }));
         }
         let shard = Rc::clone(shard);
         Outcome::Pending(Box::pin(async move {
             let mut next = next;
-            loop {
+            while next < calls.len() {
                 shard.lock_released().await;
-                next = run_keyed(&shard, &calls, next, &mut out, Some(&mut ends), in_tx);
-                if next == calls.len() {
-                    break;
-                }
+                next = run_keyed(
+                    &shard,
+                    &calls,
+                    next,
+                    &mut out,
+                    Some(&mut ends),
+                    mode,
+                    &mut effects,
+                );
             }
+            let failure = shard.durable(effects.durable_at, false).await.err();
             Box::new(Replies {
                 bytes: out.take(),
                 ends,
+                effects,
+                failure,
             }) as Payload
         }))
     }

@@ -56,6 +56,12 @@ impl LockSet {
         self.whole_shard.is_none() && self.keys.is_empty()
     }
 
+    /// True if the set allows writing (an exclusive key or the whole shard exclusively).
+    pub fn writes(&self) -> bool {
+        self.whole_shard == Some(Mode::Exclusive)
+            || self.keys.iter().any(|(_, _, m)| *m == Mode::Exclusive)
+    }
+
     fn conflicts_with(&self, other: &LockSet) -> bool {
         let whole_vs = |whole: Option<Mode>, set: &LockSet| match whole {
             Some(Mode::Exclusive) => !set.is_empty(),

@@ -20,6 +20,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::server::clients::ClientRegistry;
 use crate::server::state::ServerState;
+use crate::storage::aof::{Aof, AofFailure};
+use crate::storage::FsyncMode;
 use crate::telemetry::stats::ShardStats;
 use db::Db;
 use locks::LockTable;
@@ -39,6 +41,8 @@ pub struct Shard {
     pub stats: RefCell<ShardStats>,
     pub clients: RefCell<ClientRegistry>,
     next_tx: Cell<u64>,
+    /// The append-only log, when `appendonly` is on.
+    aof: RefCell<Option<Aof>>,
 }
 
 impl Shard {
@@ -57,6 +61,7 @@ impl Shard {
             stats: RefCell::new(ShardStats::default()),
             clients: RefCell::new(ClientRegistry::default()),
             next_tx: Cell::new(1),
+            aof: RefCell::new(None),
             server,
         }
     }
@@ -103,6 +108,49 @@ impl Shard {
 
     pub fn locks(&self) -> RefMut<'_, LockTable> {
         self.locks.borrow_mut()
+    }
+
+    /// The log, if on.
+    pub fn aof(&self) -> RefMut<'_, Option<Aof>> {
+        self.aof.borrow_mut()
+    }
+
+    /// Runs `f` on the log, if on.
+    pub fn with_aof<R>(&self, f: impl FnOnce(&mut Aof) -> R) -> Option<R> {
+        self.aof.borrow_mut().as_mut().map(f)
+    }
+
+    /// The fsync mode of the log, if on.
+    pub fn aof_mode(&self) -> Option<FsyncMode> {
+        self.aof.borrow().as_ref().map(|a| a.mode)
+    }
+
+    /// Installs (or, with `None`, removes) the log.
+    pub fn set_aof(&self, aof: Option<Aof>) {
+        let on = aof.is_some();
+        *self.aof.borrow_mut() = aof;
+        for db in self.dbs.borrow_mut().iter_mut() {
+            db.set_log_expired(on);
+        }
+    }
+
+    /// Completes when the log is durable up to `position` (at once without a log or position).
+    pub fn durable(
+        &self,
+        position: u64,
+        urgent: bool,
+    ) -> impl std::future::Future<Output = Result<(), AofFailure>> {
+        let wait = if position == 0 {
+            None
+        } else {
+            self.with_aof(|a| a.wait_durable(position, urgent))
+        };
+        async move {
+            match wait {
+                Some(w) => w.await,
+                None => Ok(()),
+            }
+        }
     }
 
     /// A transaction id unique in the process: the shard index in the top bits.

@@ -4,21 +4,27 @@
 //! A [`Transaction`] takes its [`LockSet`] on each participating shard in ascending shard order
 //! (see `locks`), and only then does any of its work run; while it holds them, no other client
 //! can observe or change the keys involved, so no one ever sees half of it. Work it sends to a
-//! shard runs without lock checks (it holds the locks). Dropping it releases everything.
+//! shard runs without lock checks (it holds the locks), and what it writes is kept aside on each
+//! shard. Committing appends each shard's part to that shard's log as one record naming every
+//! shard that wrote, then releases the locks; recovery replays a part only if all the parts
+//! reached disk. Dropping an uncommitted transaction commits it without waiting.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use super::db::ClientId;
-use super::exec::{keyed_job, KeyedCall, Replies};
+use super::exec;
 use super::locks::{LockSet, TxId};
 use super::mesh::{MeshError, Outcome, Payload};
 use super::Shard;
-use crate::protocol::Protocol;
 use crate::server::state::unix_ms;
+use crate::storage::record::TxTag;
 
 /// Keys a client WATCHes on one shard: `(db, keys)` pairs.
 pub type WatchedOnShard = Vec<(usize, Vec<Vec<u8>>)>;
+
+/// Sequence numbers of transactions fit below this (the shard index sits above).
+const SEQUENCE_MASK: u64 = (1 << 48) - 1;
 
 /// What a transaction needs on one shard.
 #[derive(Debug, Default, Clone)]
@@ -28,11 +34,14 @@ pub struct ShardPlan {
     pub watch: Option<(ClientId, WatchedOnShard)>,
 }
 
-/// A transaction in progress: its locks are held until it is dropped or released.
+/// A transaction in progress: its locks are held until it commits (or is dropped).
 pub struct Transaction {
     id: TxId,
+    tag: TxTag,
     home: Rc<Shard>,
-    shards: Vec<usize>,
+    /// Shards it holds locks on, and whether it may write there.
+    shards: Vec<(usize, bool)>,
+    done: bool,
 }
 
 impl Transaction {
@@ -42,16 +51,22 @@ impl Transaction {
         home: &Rc<Shard>,
         plan: BTreeMap<usize, ShardPlan>,
     ) -> Result<(Transaction, bool), MeshError> {
+        let id = home.new_tx_id();
         let mut tx = Transaction {
-            id: home.new_tx_id(),
+            id,
+            tag: TxTag {
+                generation: home.server.generation(),
+                home: u16::try_from(home.index()).unwrap_or(u16::MAX),
+                sequence: id & SEQUENCE_MASK,
+            },
             home: Rc::clone(home),
             shards: Vec::with_capacity(plan.len()),
+            done: false,
         };
         let mut watch_broken = false;
         for (shard, part) in plan {
-            let id = tx.id;
             // Counted before the answer: a lock granted after we gave up is still released.
-            tx.shards.push(shard);
+            tx.shards.push((shard, part.locks.writes()));
             let broken: bool = home
                 .call_outcome(shard, move |s| acquire(s, id, part))
                 .await?;
@@ -60,40 +75,80 @@ impl Transaction {
         Ok((tx, watch_broken))
     }
 
-    /// The shards this transaction holds locks on.
-    pub fn shards(&self) -> &[usize] {
-        &self.shards
+    /// The transaction's identity in the log.
+    pub fn tag(&self) -> TxTag {
+        self.tag
     }
 
-    /// Runs keyed calls on `shard` under this transaction's locks.
-    pub async fn run(
-        &self,
-        shard: usize,
-        calls: Vec<KeyedCall>,
-        protocol: Protocol,
-    ) -> Result<Replies, MeshError> {
-        self.home
-            .call_outcome(shard, keyed_job(calls, protocol, true))
-            .await
+    fn writers(&self) -> Vec<u16> {
+        self.shards
+            .iter()
+            .filter(|(_, w)| *w)
+            .map(|&(s, _)| u16::try_from(s).unwrap_or(u16::MAX))
+            .collect()
     }
 
-    /// Releases every lock (also done on drop).
-    pub fn release(mut self) {
-        self.release_all();
-    }
-
-    fn release_all(&mut self) {
-        let id = self.id;
-        for shard in self.shards.drain(..) {
-            self.home.post(shard, move |s| s.locks().release(id));
+    /// Logs each shard's part and releases every lock. Returns, per shard, where its part ends
+    /// in that shard's log (0 where nothing is logged).
+    pub async fn commit(mut self) -> Result<Vec<(usize, u64)>, MeshError> {
+        self.done = true;
+        let writers = self.writers();
+        let calls: Vec<_> = self
+            .shards
+            .iter()
+            .map(|&(shard, writer)| {
+                let (id, tag, writers) = (self.id, self.tag, writers.clone());
+                (
+                    shard,
+                    self.home
+                        .call(shard, move |s| finish(s, id, tag, &writers, writer)),
+                )
+            })
+            .collect();
+        let mut ends = Vec::with_capacity(calls.len());
+        for (shard, call) in calls {
+            ends.push((shard, call.await?));
         }
+        Ok(ends)
     }
 }
 
 impl Drop for Transaction {
     fn drop(&mut self) {
-        self.release_all();
+        if self.done {
+            return;
+        }
+        let writers = self.writers();
+        for &(shard, writer) in &self.shards {
+            let (id, tag, writers) = (self.id, self.tag, writers.clone());
+            self.home.post(shard, move |s| {
+                finish(s, id, tag, &writers, writer);
+            });
+        }
     }
+}
+
+/// Runs on each shard at commit: appends the part (if the shard could be written), marks its
+/// keys as not yet durable, releases the locks.
+fn finish(shard: &Shard, id: TxId, tag: TxTag, writers: &[u16], writer: bool) -> u64 {
+    let mut dbs = shard.dbs();
+    let end = shard
+        .with_aof(|aof| {
+            exec::log_expired(aof, &mut dbs);
+            if !writer {
+                aof.forget_tx(tag);
+                return 0;
+            }
+            let (end, commands) = aof.commit_tx(tag, writers);
+            for c in &commands {
+                exec::mark_dirty(aof, c.db as usize, &c.args, end);
+            }
+            end
+        })
+        .unwrap_or(0);
+    drop(dbs);
+    shard.locks().release(id);
+    end
 }
 
 /// Runs on the target shard: grants the locks now or queues for them, then checks WATCH.

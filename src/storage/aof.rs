@@ -1,0 +1,443 @@
+//! One shard's append-only log, as commands see it: records are appended in execution order
+//! at strictly increasing positions; the commit loop (`commit.rs`) writes and syncs them and
+//! moves the **durable watermark**, waking whatever waits on it.
+//!
+//! Everything here is synchronous and cheap: appending encodes into a buffer; waiting parks a
+//! future in a queue ordered by position.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use super::record::{self, LoggedCommand, TxTag};
+use super::FsyncMode;
+use crate::protocol::Args;
+
+/// Bytes of appended records after which the commit loop is woken even in `everysec`/`no`.
+pub const PENDING_WAKE_BYTES: usize = 1024 * 1024;
+
+/// A failed write or sync of the log, as clients are told about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AofFailure {
+    /// The OS error text (`Input/output error`, `No space left on device` …).
+    pub message: String,
+}
+
+impl AofFailure {
+    /// The error replies carry for writes the log could not make durable.
+    pub fn misconf(&self) -> String {
+        format!("MISCONF Errors writing to the AOF file: {}", self.message)
+    }
+}
+
+#[derive(Default)]
+struct WaitSlot {
+    result: Option<Result<(), AofFailure>>,
+    waker: Option<Waker>,
+}
+
+/// Completes once the log is durable up to a position (or the write carrying it failed).
+pub struct Durable {
+    slot: Option<Rc<RefCell<WaitSlot>>>,
+}
+
+impl Future for Durable {
+    type Output = Result<(), AofFailure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(slot) = &self.slot else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut slot = slot.borrow_mut();
+        match slot.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Counters INFO shows about the log.
+#[derive(Debug, Default, Clone)]
+pub struct AofStats {
+    pub fsyncs: u64,
+    pub records_synced: u64,
+    pub bytes_written: u64,
+    pub write_errors: u64,
+    /// fdatasync latencies in microseconds (bounded memory).
+    pub fsync_latency_us: Option<hdrhistogram::Histogram<u64>>,
+    /// Records per fdatasync.
+    pub batch_records: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// Hash used for the dirty-key set (keys are not stored, only hashes: a collision only makes a
+/// read wait for an fsync it did not need).
+fn key_hash(db: usize, key: &[u8]) -> u64 {
+    static STATE: std::sync::OnceLock<foldhash::fast::FixedState> = std::sync::OnceLock::new();
+    let state = STATE.get_or_init(|| foldhash::fast::FixedState::with_seed(fastrand::u64(..)));
+    state.hash_one((db, key))
+}
+
+/// The log state of one shard.
+pub struct Aof {
+    pub shard: u16,
+    pub generation: u32,
+    pub epoch: u64,
+    pub mode: FsyncMode,
+    pending: Vec<u8>,
+    pending_records: u64,
+    /// Log position after the last appended record.
+    end: u64,
+    next_batch: u32,
+    /// Everything before this position is on stable storage.
+    durable: u64,
+    tx_parts: HashMap<TxTag, Vec<LoggedCommand>>,
+    /// Keys written since their record became durable: key hash → record end.
+    dirty: HashMap<u64, u64>,
+    waiters: BTreeMap<u64, Vec<Rc<RefCell<WaitSlot>>>>,
+    /// The commit loop should run now (someone waits).
+    urgent: bool,
+    kick: Option<Waker>,
+    kicked: bool,
+    failure: Option<AofFailure>,
+    pub stats: AofStats,
+    /// Bytes of the log files (INFO aof_current_size).
+    pub size_bytes: u64,
+}
+
+impl Aof {
+    /// A log continuing at `end` (everything before it durable), with commits numbered after
+    /// `last_batch`.
+    pub fn new(
+        shard: u16,
+        generation: u32,
+        epoch: u64,
+        mode: FsyncMode,
+        end: u64,
+        last_batch: u32,
+    ) -> Aof {
+        Aof {
+            shard,
+            generation,
+            epoch,
+            mode,
+            pending: Vec::new(),
+            pending_records: 0,
+            end,
+            next_batch: last_batch.wrapping_add(1),
+            durable: end,
+            tx_parts: HashMap::new(),
+            dirty: HashMap::new(),
+            waiters: BTreeMap::new(),
+            urgent: false,
+            kick: None,
+            kicked: false,
+            failure: None,
+            stats: AofStats {
+                fsync_latency_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
+                batch_records: hdrhistogram::Histogram::new_with_bounds(1, 10_000_000, 2).ok(),
+                ..AofStats::default()
+            },
+            size_bytes: end,
+        }
+    }
+
+    /// Log position after the last appended record.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The durable watermark.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// The error of the last failed write or sync, while it lasts.
+    pub fn failure(&self) -> Option<&AofFailure> {
+        self.failure.as_ref()
+    }
+
+    fn appended(&mut self, len: usize) -> u64 {
+        self.end += len as u64;
+        self.pending_records += 1;
+        if self.mode == FsyncMode::Always || self.pending.len() >= PENDING_WAKE_BYTES {
+            self.wake_loop();
+        }
+        self.end
+    }
+
+    /// Appends commands as one record (all or nothing on recovery); returns its end position.
+    pub fn append_commands<'a>(
+        &mut self,
+        commands: impl ExactSizeIterator<Item = (u32, &'a Args)>,
+    ) -> u64 {
+        let len = record::encode_commands(&mut self.pending, self.end, self.next_batch, commands);
+        self.appended(len)
+    }
+
+    /// Appends a key's whole state; returns its end position.
+    pub fn append_key_state(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        expire_ms: Option<i64>,
+        value: &[u8],
+    ) -> u64 {
+        let len = record::encode_key_state(
+            &mut self.pending,
+            self.end,
+            self.next_batch,
+            db,
+            key,
+            expire_ms,
+            value,
+        );
+        self.appended(len)
+    }
+
+    /// Keeps a command of transaction `tx` until the transaction commits.
+    pub fn buffer_tx(&mut self, tx: TxTag, db: u32, args: Args) {
+        self.tx_parts
+            .entry(tx)
+            .or_default()
+            .push(LoggedCommand { db, args });
+    }
+
+    /// Appends transaction `tx`'s part on this shard (possibly empty) naming every shard that
+    /// wrote; returns its end position and the commands it holds.
+    pub fn commit_tx(&mut self, tx: TxTag, shards: &[u16]) -> (u64, Vec<LoggedCommand>) {
+        let commands = self.tx_parts.remove(&tx).unwrap_or_default();
+        let len = record::encode_tx_part(
+            &mut self.pending,
+            self.end,
+            self.next_batch,
+            tx,
+            self.epoch,
+            shards,
+            commands.iter().map(|c| (c.db, &c.args)),
+        );
+        (self.appended(len), commands)
+    }
+
+    /// Drops what transaction `tx` buffered (it is not committing).
+    pub fn forget_tx(&mut self, tx: TxTag) {
+        self.tx_parts.remove(&tx);
+    }
+
+    /// Records that `key` was written by the record ending at `end` (for `always` reads).
+    pub fn mark_dirty(&mut self, db: usize, key: &[u8], end: u64) {
+        if self.mode == FsyncMode::Always && end > self.durable {
+            self.dirty.insert(key_hash(db, key), end);
+        }
+    }
+
+    /// The position a read of `key` must wait for, if its last write is not durable yet.
+    pub fn dirty_until(&self, db: usize, key: &[u8]) -> Option<u64> {
+        if self.dirty.is_empty() {
+            return None;
+        }
+        self.dirty
+            .get(&key_hash(db, key))
+            .copied()
+            .filter(|&end| end > self.durable)
+    }
+
+    /// The position a whole-keyspace read must wait for (any write not yet durable).
+    pub fn any_dirty_until(&self) -> Option<u64> {
+        (self.mode == FsyncMode::Always && self.end > self.durable).then_some(self.end)
+    }
+
+    /// Completes when the log is durable up to `position`. With `urgent`, the commit loop
+    /// syncs now instead of at its next scheduled sync (WAITAOF, `no` mode).
+    pub fn wait_durable(&mut self, position: u64, urgent: bool) -> Durable {
+        if position <= self.durable {
+            return Durable { slot: None };
+        }
+        let slot = Rc::new(RefCell::new(WaitSlot::default()));
+        self.waiters
+            .entry(position)
+            .or_default()
+            .push(Rc::clone(&slot));
+        if urgent || self.mode == FsyncMode::Always {
+            self.urgent = true;
+            self.wake_loop();
+        }
+        Durable { slot: Some(slot) }
+    }
+
+    fn wake_loop(&mut self) {
+        self.kicked = true;
+        if let Some(w) = self.kick.take() {
+            w.wake();
+        }
+    }
+
+    /// For the commit loop: completes when there is something to do, or after `idle`.
+    pub fn poll_kick(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.kicked {
+            self.kicked = false;
+            return Poll::Ready(());
+        }
+        self.kick = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// For the commit loop: takes the appended records (bytes, last position, record count)
+    /// and starts a new commit number for what comes next.
+    pub fn take_pending(&mut self) -> (Vec<u8>, u64, u64) {
+        let bytes = std::mem::take(&mut self.pending);
+        let records = std::mem::take(&mut self.pending_records);
+        if !bytes.is_empty() {
+            self.next_batch = self.next_batch.wrapping_add(1);
+        }
+        (bytes, self.end, records)
+    }
+
+    /// For the commit loop: whether a sync was asked for now (and clears the request).
+    pub fn take_urgent(&mut self) -> bool {
+        std::mem::take(&mut self.urgent)
+    }
+
+    /// For the commit loop: whether anyone waits for durability.
+    pub fn has_waiters(&self) -> bool {
+        !self.waiters.is_empty()
+    }
+
+    /// For the commit loop: everything up to `position` is durable.
+    pub fn synced(&mut self, position: u64, records: u64, latency: Duration) {
+        assert!(
+            position >= self.durable,
+            "the durable watermark never moves back"
+        );
+        self.durable = position;
+        self.failure = None;
+        self.stats.fsyncs += 1;
+        self.stats.records_synced += records;
+        if let Some(h) = self.stats.fsync_latency_us.as_mut() {
+            let _ = h.record(
+                u64::try_from(latency.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            );
+        }
+        if records > 0 {
+            if let Some(h) = self.stats.batch_records.as_mut() {
+                let _ = h.record(records);
+            }
+        }
+        let later = self.waiters.split_off(&(position + 1));
+        let ready = std::mem::replace(&mut self.waiters, later);
+        for slot in ready.into_values().flatten() {
+            let mut slot = slot.borrow_mut();
+            slot.result = Some(Ok(()));
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        }
+        let durable = self.durable;
+        self.dirty.retain(|_, end| *end > durable);
+    }
+
+    /// For the commit loop: a write or sync failed. Whoever waits on what it carried (up to
+    /// `position`) gets the error; new writes are refused until a retry succeeds.
+    pub fn failed(&mut self, position: u64, error: &std::io::Error) {
+        let failure = AofFailure {
+            message: strerror(error),
+        };
+        self.stats.write_errors += 1;
+        let later = self.waiters.split_off(&(position + 1));
+        let failed = std::mem::replace(&mut self.waiters, later);
+        for slot in failed.into_values().flatten() {
+            let mut slot = slot.borrow_mut();
+            slot.result = Some(Err(failure.clone()));
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        }
+        self.failure = Some(failure);
+    }
+
+    /// Turns the log off: waiters are released with `failure` (CONFIG SET appendonly no).
+    pub fn close(&mut self, failure: AofFailure) {
+        for slot in std::mem::take(&mut self.waiters).into_values().flatten() {
+            let mut slot = slot.borrow_mut();
+            slot.result = Some(Err(failure.clone()));
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        }
+        self.wake_loop();
+    }
+}
+
+/// The OS's text for an I/O error, as Valkey prints it (`No space left on device`).
+pub fn strerror(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    // std formats as "<text> (os error N)".
+    match text.rfind(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noop_waker() -> Waker {
+        Waker::noop().clone()
+    }
+
+    fn poll(d: &mut Durable) -> Poll<Result<(), AofFailure>> {
+        let waker = noop_waker();
+        Pin::new(d).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn watermark_wakes_waiters_in_order() {
+        let mut aof = Aof::new(0, 1, 0, FsyncMode::Everysec, 0, 0);
+        let a = Args::from_vecs(["SET", "k", "v"]);
+        let end1 = aof.append_commands([(0, &a)].into_iter());
+        let end2 = aof.append_commands([(0, &a)].into_iter());
+        let mut w1 = aof.wait_durable(end1, false);
+        let mut w2 = aof.wait_durable(end2, false);
+        assert!(poll(&mut w1).is_pending());
+        let (bytes, end, records) = aof.take_pending();
+        assert_eq!((bytes.len() as u64, end, records), (end2, end2, 2));
+        aof.synced(end1, 1, Duration::from_micros(100));
+        assert_eq!(poll(&mut w1), Poll::Ready(Ok(())));
+        assert!(poll(&mut w2).is_pending());
+        aof.failed(end2, &std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(
+            poll(&mut w2),
+            Poll::Ready(Err(AofFailure {
+                message: "No space left on device".into()
+            }))
+        );
+        assert!(aof.failure().is_some());
+        aof.synced(end2, 1, Duration::from_micros(100));
+        assert!(aof.failure().is_none());
+        assert!(poll(&mut aof.wait_durable(end2, false)).is_ready());
+    }
+
+    #[test]
+    fn dirty_keys_only_in_always_mode() {
+        let mut aof = Aof::new(0, 1, 0, FsyncMode::Always, 0, 0);
+        aof.mark_dirty(0, b"k", 10);
+        assert_eq!(aof.dirty_until(0, b"k"), Some(10));
+        assert_eq!(aof.dirty_until(1, b"k"), None);
+        aof.synced(10, 1, Duration::from_micros(1));
+        assert_eq!(aof.dirty_until(0, b"k"), None);
+        let mut lazy = Aof::new(0, 1, 0, FsyncMode::Everysec, 0, 0);
+        lazy.mark_dirty(0, b"k", 10);
+        assert_eq!(lazy.dirty_until(0, b"k"), None);
+    }
+}

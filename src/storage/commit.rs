@@ -1,0 +1,175 @@
+//! The group-commit loop of one shard.
+//!
+//! It takes everything appended since the last write, writes it in one aligned direct-I/O
+//! write, fdatasyncs when the fsync mode (or a waiter) asks, then moves the durable watermark
+//! and wakes the waiters. Records appended while a write or sync is in flight ride in the next
+//! one, so many clients share one fsync; the loop never syncs when nothing was written.
+//!
+//! A failed write or sync acknowledges nothing it carried: its waiters get the error, the shard
+//! refuses writes (`-MISCONF`) while reads go on, and the loop goes back to the last synced
+//! point and writes the same bytes again, with backoff, until the disk takes them and the sync
+//! succeeds.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::segment::SegmentWriter;
+use super::FsyncMode;
+use crate::shard::Shard;
+
+/// `everysec`: the longest time written data waits for its fdatasync.
+const EVERYSEC_INTERVAL: Duration = Duration::from_secs(1);
+/// `no`: appended records are written (without a sync) at least this often, so they do not pile
+/// up in memory.
+const NO_FSYNC_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// First and longest pause between retries after a failed write or sync.
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(10);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// What the loop knows beyond the writer: bytes written since the last sync, and bytes that
+/// must be written again after a failure.
+struct State {
+    unsynced_records: u64,
+    /// Written since the last successful sync (to write again if the sync fails).
+    unsynced: Vec<u8>,
+    /// Must be written again from the last synced point before anything else.
+    rewrite: Vec<u8>,
+    last_sync: Instant,
+    retry_delay: Option<Duration>,
+}
+
+/// Runs the loop until the log is turned off.
+pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
+    let mut synced_at = writer.checkpoint();
+    let mut state = State {
+        unsynced_records: 0,
+        unsynced: Vec::new(),
+        rewrite: Vec::new(),
+        last_sync: Instant::now(),
+        retry_delay: None,
+    };
+    loop {
+        let Some(mode) = shard.aof_mode() else {
+            return;
+        };
+        let wait = next_wait(mode, &state);
+        wait_for_work(&shard, wait).await;
+        if shard.aof_mode().is_none() {
+            // Turned off: make what was written durable before leaving.
+            let _ = writer.sync().await;
+            return;
+        }
+        let (bytes, end, records, urgent) = match shard.with_aof(|a| {
+            let (bytes, end, records) = a.take_pending();
+            (bytes, end, records, a.take_urgent())
+        }) {
+            Some(taken) => taken,
+            None => return,
+        };
+        let mut to_write = std::mem::take(&mut state.rewrite);
+        to_write.extend_from_slice(&bytes);
+        state.unsynced_records += records;
+        if !to_write.is_empty() {
+            if let Err(e) = writer.write(&to_write).await {
+                fail(
+                    &shard,
+                    &mut writer,
+                    &synced_at,
+                    &mut state,
+                    to_write,
+                    end,
+                    &e,
+                );
+                continue;
+            }
+            state.unsynced.extend_from_slice(&to_write);
+        }
+        let waiting = shard.with_aof(|a| a.has_waiters()).unwrap_or(false);
+        let due = !state.unsynced.is_empty()
+            && match mode {
+                FsyncMode::Always => true,
+                FsyncMode::Everysec => {
+                    urgent || waiting || state.last_sync.elapsed() >= EVERYSEC_INTERVAL
+                }
+                FsyncMode::No => urgent,
+            };
+        if !due {
+            continue;
+        }
+        let started = Instant::now();
+        match writer.sync().await {
+            Ok(()) => {
+                let records = std::mem::take(&mut state.unsynced_records);
+                let written = state.unsynced.len() as u64;
+                shard.with_aof(|a| {
+                    a.stats.bytes_written += written;
+                    a.size_bytes = writer.end();
+                    a.synced(writer.end(), records, started.elapsed());
+                });
+                state.unsynced.clear();
+                state.last_sync = Instant::now();
+                state.retry_delay = None;
+                synced_at = writer.checkpoint();
+            }
+            Err(e) => {
+                let again = std::mem::take(&mut state.unsynced);
+                let end = writer.end();
+                fail(&shard, &mut writer, &synced_at, &mut state, again, end, &e);
+            }
+        }
+    }
+}
+
+/// How long the loop may sleep before it must act on its own.
+fn next_wait(mode: FsyncMode, state: &State) -> Option<Duration> {
+    if let Some(delay) = state.retry_delay {
+        return Some(delay);
+    }
+    match mode {
+        FsyncMode::Always => None,
+        FsyncMode::Everysec => Some(EVERYSEC_INTERVAL.saturating_sub(state.last_sync.elapsed())),
+        FsyncMode::No => Some(NO_FSYNC_WRITE_INTERVAL),
+    }
+}
+
+async fn wait_for_work(shard: &Rc<Shard>, limit: Option<Duration>) {
+    let kicked = std::future::poll_fn(|cx| {
+        shard
+            .with_aof(|a| a.poll_kick(cx))
+            .unwrap_or(std::task::Poll::Ready(()))
+    });
+    match limit {
+        None => kicked.await,
+        Some(d) => {
+            futures_lite::future::or(kicked, glommio::timer::sleep(d)).await;
+        }
+    }
+}
+
+/// A write or sync failed: tell the waiters, go back to the last synced point, and keep
+/// `again` to write once more after a pause.
+fn fail(
+    shard: &Shard,
+    writer: &mut SegmentWriter,
+    synced_at: &super::segment::Checkpoint,
+    state: &mut State,
+    again: Vec<u8>,
+    end: u64,
+    error: &std::io::Error,
+) {
+    log::warn!(
+        "Shard {}: writing the AOF ({}) failed: {error}; retrying, writes are refused meanwhile",
+        shard.index(),
+        writer.path().display()
+    );
+    shard.with_aof(|a| a.failed(end, error));
+    writer.rewind(synced_at);
+    let mut rewrite = std::mem::take(&mut state.unsynced);
+    rewrite.extend_from_slice(&again);
+    state.rewrite = rewrite;
+    state.retry_delay = Some(
+        state
+            .retry_delay
+            .map_or(RETRY_DELAY_MIN, |d| (d * 2).min(RETRY_DELAY_MAX)),
+    );
+}

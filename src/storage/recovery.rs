@@ -1,0 +1,464 @@
+//! Loading the log at start-up: every shard replays its own chain, all shards at once.
+//!
+//! 1. **Scan**: read the shard's segments, decode records in order, and find where valid data
+//!    ends. A record that fails (cut short, checksum, position) with nothing valid after it is a
+//!    torn tail: cut off and logged (`aof-load-truncated yes`, the default). One followed by
+//!    valid records from a later commit is corruption: the start is refused, naming the file and
+//!    the offset.
+//! 2. **Agree**: shards publish which cross-shard transactions they hold a durable part of.
+//! 3. **Replay**: records are applied in order with expiry switched off (commands were logged
+//!    in a deterministic form); a transaction part is applied only if every shard it wrote on
+//!    holds its part too, so a cross-shard transaction is all or nothing after a crash.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Barrier, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::manifest::{Chain, Segment};
+use super::record::{self, Body, LoggedCommand, Read, Record, StoredValue, TxTag};
+use super::segment::{self, HEADER_BYTES};
+use crate::command::table::{Handler, Registry};
+use crate::command::KeyCtx;
+use crate::config::Config;
+use crate::protocol::{Args, ReplyBuf};
+use crate::shard::db::Db;
+use crate::shard::value::Value;
+
+/// Why a shard's log cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(
+        "Bad AOF: {file} is corrupt at offset {offset} ({what}) and valid records follow it; \
+         refusing to start. Inspect it with corekv-check-aof."
+    )]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        what: String,
+    },
+    #[error(
+        "Bad AOF: {file} ends with a truncated record at offset {offset} and aof-load-truncated \
+         is no. Start with aof-load-truncated yes or run corekv-check-aof --fix."
+    )]
+    Truncated { file: PathBuf, offset: u64 },
+    #[error("Bad AOF: {file}: {reason}")]
+    File { file: PathBuf, reason: String },
+    #[error("Another shard could not load its AOF")]
+    OtherShard,
+}
+
+/// What shards tell each other between scanning and replaying.
+pub struct Board {
+    tags: Mutex<Vec<HashSet<TxTag>>>,
+    base_epochs: Mutex<Vec<u64>>,
+    failed: Mutex<bool>,
+    barrier: Barrier,
+}
+
+impl Board {
+    pub fn new(shards: usize) -> Board {
+        Board {
+            tags: Mutex::new(vec![HashSet::new(); shards]),
+            base_epochs: Mutex::new(vec![0; shards]),
+            failed: Mutex::new(false),
+            barrier: Barrier::new(shards),
+        }
+    }
+
+    /// Publishes a shard's durable transaction parts (empty and `failed` on error) and waits
+    /// for every shard. Returns false if any shard failed.
+    fn publish_and_wait(
+        &self,
+        shard: usize,
+        tags: HashSet<TxTag>,
+        base_epoch: u64,
+        failed: bool,
+    ) -> bool {
+        if let Ok(mut all) = self.tags.lock() {
+            all[shard] = tags;
+        }
+        if let Ok(mut epochs) = self.base_epochs.lock() {
+            epochs[shard] = base_epoch;
+        }
+        if failed {
+            if let Ok(mut f) = self.failed.lock() {
+                *f = true;
+            }
+        }
+        // Start-up only: every shard thread waits here for the others, with nothing else to run.
+        self.barrier.wait();
+        !self.failed.lock().map(|f| *f).unwrap_or(true)
+    }
+
+    /// True when every shard `tx` wrote on holds its part (or snapshotted after it).
+    fn complete(&self, tx: TxTag, epoch: u64, shards: &[u16]) -> bool {
+        let (Ok(tags), Ok(epochs)) = (self.tags.lock(), self.base_epochs.lock()) else {
+            return false;
+        };
+        shards.iter().all(|&s| {
+            let s = usize::from(s);
+            tags.get(s).is_some_and(|t| t.contains(&tx))
+                || epochs.get(s).is_some_and(|&e| e > epoch)
+        })
+    }
+}
+
+/// A scanned record and where it came from (for messages).
+struct Scanned {
+    record: Record,
+    segment: usize,
+}
+
+/// The result of loading one shard.
+pub struct Loaded {
+    /// Log position where appending continues.
+    pub end: u64,
+    pub last_batch: u32,
+    /// The segment to append to and its first position.
+    pub segment_path: PathBuf,
+    pub segment_start: u64,
+    pub records: u64,
+    pub skipped_tx_parts: u64,
+    pub bytes: u64,
+}
+
+/// Scans, agrees and replays shard `shard`'s chain into `dbs`.
+pub fn load(
+    shard: usize,
+    dir: &Path,
+    chain: &Chain,
+    board: &Board,
+    dbs: &mut [Db],
+    config: &Config,
+) -> Result<Loaded, RecoveryError> {
+    let started = Instant::now();
+    let scanned = scan(shard, dir, chain, config.aof_load_truncated);
+    let (tags, base_epoch) = match &scanned {
+        Ok(s) => (s.tags.clone(), chain.base.as_ref().map_or(0, |b| b.epoch)),
+        Err(_) => (HashSet::new(), 0),
+    };
+    let all_ok = board.publish_and_wait(shard, tags, base_epoch, scanned.is_err());
+    let scan = scanned?;
+    if !all_ok {
+        return Err(RecoveryError::OtherShard);
+    }
+    let mut replay = Replay::new(dbs, config);
+    if let Some(base) = &chain.base {
+        load_base(&dir.join(&base.file), &mut replay)?;
+    }
+    let mut skipped = 0;
+    for s in &scan.records {
+        match &s.record.body {
+            Body::Commands(commands) => replay.commands(commands),
+            Body::TxPart {
+                tx,
+                epoch,
+                shards,
+                commands,
+            } => {
+                if board.complete(*tx, *epoch, shards) {
+                    replay.commands(commands);
+                } else {
+                    skipped += 1;
+                }
+            }
+            Body::KeyState(state) => replay.key_state(state),
+        }
+        let _ = s.segment;
+    }
+    replay.finish();
+    if skipped > 0 {
+        log::warn!(
+            "Shard {shard}: skipped {skipped} cross-shard transaction part(s) whose other parts \
+             never reached disk"
+        );
+    }
+    let last = chain.segments.last().ok_or_else(|| RecoveryError::File {
+        file: dir.to_path_buf(),
+        reason: format!("shard {shard} has no segment in the manifest"),
+    })?;
+    log::info!(
+        "Shard {shard}: loaded {} record(s), {} bytes of AOF, in {:.3} seconds",
+        scan.records.len(),
+        scan.end - chain.segments.first().map_or(0, |s| s.start),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Loaded {
+        end: scan.end,
+        last_batch: scan.last_batch,
+        segment_path: dir.join(&last.file),
+        segment_start: last.start,
+        records: scan.records.len() as u64,
+        skipped_tx_parts: skipped,
+        bytes: scan.end - chain.segments.first().map_or(0, |s| s.start),
+    })
+}
+
+struct ScanResult {
+    records: Vec<Scanned>,
+    tags: HashSet<TxTag>,
+    end: u64,
+    last_batch: u32,
+}
+
+/// A segment's records area (after its header) and its first position.
+struct SegmentData {
+    path: PathBuf,
+    start: u64,
+    data: Bytes,
+}
+
+fn read_segment(shard: usize, dir: &Path, segment: &Segment) -> Result<SegmentData, RecoveryError> {
+    let path = dir.join(&segment.file);
+    let bytes = segment::read_file(&path).map_err(|e| RecoveryError::File {
+        file: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let header = bytes.get(..HEADER_BYTES as usize).unwrap_or(&bytes);
+    segment::check_header(header, shard, segment.start).map_err(|reason| RecoveryError::File {
+        file: path.clone(),
+        reason,
+    })?;
+    let data = Bytes::from(bytes).slice(HEADER_BYTES as usize..);
+    Ok(SegmentData {
+        path,
+        start: segment.start,
+        data,
+    })
+}
+
+fn scan(
+    shard: usize,
+    dir: &Path,
+    chain: &Chain,
+    cut_torn_tail: bool,
+) -> Result<ScanResult, RecoveryError> {
+    let segments: Vec<SegmentData> = chain
+        .segments
+        .iter()
+        .map(|s| read_segment(shard, dir, s))
+        .collect::<Result<_, _>>()?;
+    let mut result = ScanResult {
+        records: Vec::new(),
+        tags: HashSet::new(),
+        end: segments.first().map_or(0, |s| s.start),
+        last_batch: 0,
+    };
+    for (index, seg) in segments.iter().enumerate() {
+        if seg.start != result.end {
+            return Err(RecoveryError::File {
+                file: seg.path.clone(),
+                reason: format!(
+                    "starts at log position {} but the previous segment ends at {}",
+                    seg.start, result.end
+                ),
+            });
+        }
+        let mut at = 0usize;
+        loop {
+            let position = seg.start + at as u64;
+            match record::decode(&seg.data, at, position) {
+                Read::Record(record, len) => {
+                    if let Body::TxPart { tx, .. } = &record.body {
+                        result.tags.insert(*tx);
+                    }
+                    result.last_batch = record.batch;
+                    result.records.push(Scanned {
+                        record,
+                        segment: index,
+                    });
+                    at += len;
+                    result.end = seg.start + at as u64;
+                }
+                Read::End => break,
+                Read::Invalid(what) => {
+                    let offset = HEADER_BYTES + at as u64;
+                    if let Some(later) =
+                        valid_record_after(&segments[index..], at, result.last_batch)
+                    {
+                        return Err(RecoveryError::Corrupt {
+                            file: seg.path.clone(),
+                            offset,
+                            what: format!("{what:?}, a later commit follows at {later}"),
+                        });
+                    }
+                    if !cut_torn_tail {
+                        return Err(RecoveryError::Truncated {
+                            file: seg.path.clone(),
+                            offset,
+                        });
+                    }
+                    log::warn!(
+                        "!!! Warning: the AOF {} ends with an incomplete or damaged record at \
+                         offset {offset} ({what:?}): a write that was never acknowledged as durable. \
+                         Truncating the AOF there !!!",
+                        seg.path.display()
+                    );
+                    return Ok(result);
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Looks past a bad record (at `bad_at` in `segments[0]`) for a valid record of a commit at
+/// least two after the last good one: only corruption, never a torn last write, leaves one.
+/// Returns where, for the message.
+fn valid_record_after(segments: &[SegmentData], bad_at: usize, last_batch: u32) -> Option<String> {
+    for (i, seg) in segments.iter().enumerate() {
+        let from = if i == 0 { bad_at + 1 } else { 0 };
+        for at in from..seg.data.len() {
+            let position = seg.start + at as u64;
+            if record::claimed_position(&seg.data, at) != Some(position) {
+                continue;
+            }
+            if let Read::Record(r, _) = record::decode(&seg.data, at, position) {
+                if r.batch.wrapping_sub(last_batch) >= 2
+                    && r.batch.wrapping_sub(last_batch) < u32::MAX / 2
+                {
+                    return Some(format!(
+                        "{} offset {}",
+                        seg.path.display(),
+                        HEADER_BYTES + at as u64
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn load_base(path: &Path, replay: &mut Replay<'_>) -> Result<(), RecoveryError> {
+    let bytes = segment::read_file(path).map_err(|e| RecoveryError::File {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let data = Bytes::from(bytes);
+    let mut at = 0usize;
+    loop {
+        match record::decode(&data, at, at as u64) {
+            Read::Record(r, len) => {
+                if let Body::KeyState(state) = &r.body {
+                    replay.key_state(state);
+                }
+                at += len;
+            }
+            Read::End => return Ok(()),
+            Read::Invalid(what) => {
+                return Err(RecoveryError::Corrupt {
+                    file: path.to_path_buf(),
+                    offset: at as u64,
+                    what: format!("{what:?} in a snapshot"),
+                })
+            }
+        }
+    }
+}
+
+/// Applies logged records to a shard's databases.
+pub struct Replay<'a> {
+    dbs: &'a mut [Db],
+    config: &'a Config,
+    out: ReplyBuf,
+    failures: u64,
+}
+
+impl<'a> Replay<'a> {
+    pub fn new(dbs: &'a mut [Db], config: &'a Config) -> Replay<'a> {
+        for db in dbs.iter_mut() {
+            db.set_loading(true);
+        }
+        Replay {
+            dbs,
+            config,
+            out: ReplyBuf::default(),
+            failures: 0,
+        }
+    }
+
+    pub fn commands(&mut self, commands: &[LoggedCommand]) {
+        for c in commands {
+            self.command(c.db as usize, &c.args);
+        }
+    }
+
+    /// Runs one logged command.
+    pub fn command(&mut self, db: usize, args: &Args) {
+        if db >= self.dbs.len() {
+            self.failures += 1;
+            return;
+        }
+        let name = args.get(0).to_ascii_lowercase();
+        match name.as_slice() {
+            b"flushall" => {
+                for d in self.dbs.iter_mut() {
+                    let _ = d.flush();
+                }
+                return;
+            }
+            b"flushdb" => {
+                let _ = self.dbs[db].flush();
+                return;
+            }
+            b"swapdb" => {
+                let index = |i: usize| {
+                    crate::protocol::parser::parse_i64(args.get(i))
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|&n| n < self.dbs.len())
+                };
+                if let (Some(a), Some(b)) = (index(1), index(2)) {
+                    if a != b {
+                        let (low, high) = (a.min(b), a.max(b));
+                        let (left, right) = self.dbs.split_at_mut(high);
+                        Db::swap_contents(&mut left[low], &mut right[0]);
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        let Some(Handler::Keyed(run, _)) = Registry::get().lookup(&name).map(|c| c.handler) else {
+            self.failures += 1;
+            return;
+        };
+        self.out.clear();
+        let mut ctx = KeyCtx {
+            dbs: self.dbs,
+            db,
+            now_ms: crate::server::state::unix_ms(),
+            out: &mut self.out,
+            config: self.config,
+            loading: true,
+            log: Default::default(),
+        };
+        if run(&mut ctx, args).is_err() {
+            self.failures += 1;
+        }
+    }
+
+    /// Sets a key from a key-state record.
+    pub fn key_state(&mut self, state: &record::KeyState) {
+        let Some(db) = self.dbs.get_mut(state.db as usize) else {
+            self.failures += 1;
+            return;
+        };
+        let StoredValue::String(bytes) = &state.value;
+        db.set(&state.key, Value::string(bytes), false);
+        if let Some(at) = state.expire_ms {
+            db.set_expire(&state.key, at);
+        }
+    }
+
+    fn finish(&mut self) {
+        for db in self.dbs.iter_mut() {
+            db.set_loading(false);
+        }
+        if self.failures > 0 {
+            log::warn!("{} logged command(s) could not be replayed", self.failures);
+        }
+    }
+}
