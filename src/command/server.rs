@@ -200,7 +200,12 @@ fn write_command_info(out: &mut ReplyBuf, command: &Command) {
     }
     let mut subs: Vec<&Command> = command.subcommands.values().collect();
     subs.sort_by_key(|c| c.name());
-    out.array(subs.len());
+    // Valkey answers an empty set when there are none, an array otherwise.
+    if subs.is_empty() {
+        out.set(0);
+    } else {
+        out.array(subs.len());
+    }
     for sub in subs {
         write_command_info(out, sub);
     }
@@ -301,19 +306,37 @@ fn command_getkeys(session: &mut Session, args: &Args) -> CommandResult {
         if with_flags {
             session.out.array(2);
             session.out.bulk(target.get(position));
-            let spec_flags: Vec<String> = command
-                .meta
-                .key_specs
-                .iter()
-                .find(|s| i64::from(s.begin) <= position as i64)
-                .map(|s| s.flags.iter().map(|f| f.to_string()).collect())
-                .unwrap_or_default();
+            let spec_flags = key_flags(command, &target, position);
             write_status_set(&mut session.out, &spec_flags);
         } else {
             session.out.bulk(target.get(position));
         }
     }
     Ok(())
+}
+
+/// The flags of the key at `position`. Key specs marked `variable_flags` depend on the
+/// arguments: SET writes over its key (`OW update`) unless GET also reads it.
+fn key_flags(command: &Command, args: &Args, position: usize) -> Vec<String> {
+    let spec = command
+        .meta
+        .key_specs
+        .iter()
+        .rev()
+        .find(|s| i64::from(s.begin) <= position as i64);
+    let Some(spec) = spec else {
+        return Vec::new();
+    };
+    if spec.flags.contains(&"variable_flags") && command.name() == "set" {
+        let reads = (3..args.len()).any(|i| args.is(i, "get"));
+        let flags: &[&str] = if reads {
+            &["RW", "access", "update"]
+        } else {
+            &["OW", "update"]
+        };
+        return flags.iter().map(|f| f.to_string()).collect();
+    }
+    spec.flags.iter().map(|f| f.to_string()).collect()
 }
 
 fn command_list(session: &mut Session, args: &Args) -> CommandResult {

@@ -11,8 +11,9 @@ use super::Args;
 
 /// The longest inline command, and the longest `*`/`$` header line, Valkey accepts.
 pub const INLINE_MAX_BYTES: usize = 64 * 1024;
-/// The largest multibulk count accepted from an authenticated client.
-pub const MULTIBULK_MAX_COUNT: i64 = 1024 * 1024;
+/// The largest multibulk count accepted from an authenticated client (Valkey's INT_MAX:
+/// arguments are only allocated as they arrive, so a large count costs nothing up front).
+pub const MULTIBULK_MAX_COUNT: i64 = i32::MAX as i64;
 /// The largest multibulk count accepted before authentication.
 pub const UNAUTH_MULTIBULK_MAX_COUNT: i64 = 10;
 /// The largest bulk length accepted before authentication.
@@ -135,11 +136,8 @@ impl RequestParser {
             return Ok(None);
         };
         let count = parse_i64(&buf[1..line_end])
-            .filter(|&n| n <= i64::from(i32::MAX))
+            .filter(|&n| n <= MULTIBULK_MAX_COUNT)
             .ok_or(ProtocolError::InvalidMultibulkLength)?;
-        if count > MULTIBULK_MAX_COUNT {
-            return Err(ProtocolError::InvalidMultibulkLength);
-        }
         if limits.unauthenticated && count > UNAUTH_MULTIBULK_MAX_COUNT {
             return Err(ProtocolError::UnauthenticatedMultibulkLength);
         }
@@ -222,7 +220,10 @@ enum Inline {
 }
 
 fn parse_inline(buf: &mut BytesMut) -> Result<Inline, ProtocolError> {
-    let Some(newline) = buf.iter().position(|&b| b == b'\n') else {
+    // Valkey reads an inline request as a C string: a NUL before the newline hides it, and the
+    // request waits for more input (up to the inline limit). Never an endless loop.
+    let visible = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let Some(newline) = buf[..visible].iter().position(|&b| b == b'\n') else {
         if buf.len() > INLINE_MAX_BYTES {
             return Err(ProtocolError::TooBigInlineRequest);
         }
@@ -306,7 +307,10 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                 }
             } else {
                 match c {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => {
+                        i += 1;
+                        break;
+                    }
                     b'"' => in_double = true,
                     b'\'' => in_single = true,
                     other => word.push(other),
@@ -448,7 +452,10 @@ mod tests {
     fn protocol_errors_match_valkey() {
         use ProtocolError::*;
         assert_eq!(first_error(b"*abc\r\n", LIMITS), InvalidMultibulkLength);
-        assert_eq!(first_error(b"*1048577\r\n", LIMITS), InvalidMultibulkLength);
+        assert_eq!(
+            first_error(b"*2147483648\r\n", LIMITS),
+            InvalidMultibulkLength
+        );
         assert_eq!(first_error(b"*1\r\n$-1\r\n", LIMITS), InvalidBulkLength);
         assert_eq!(first_error(b"*1\r\n$x\r\n", LIMITS), InvalidBulkLength);
         assert_eq!(
@@ -503,6 +510,25 @@ mod tests {
         };
         assert!(spans.capacity() <= ARGS_RESERVE_MAX_COUNT);
         assert!(buf.capacity() < 4096);
+    }
+
+    #[test]
+    fn nul_hides_an_inline_newline_without_looping() {
+        let mut parser = RequestParser::new();
+        let mut buf = BytesMut::from(&b"get a\0b\r\n"[..]);
+        assert_eq!(parser.parse(&mut buf, LIMITS), Ok(Parsed::NeedMore));
+        assert_eq!(
+            split_args(b"a\0b"),
+            Some(vec![b"a".to_vec(), b"b".to_vec()])
+        );
+        let mut long = vec![b'x'; 10];
+        long.push(0);
+        long.extend(std::iter::repeat_n(b'y', INLINE_MAX_BYTES));
+        long.push(b'\n');
+        assert_eq!(
+            first_error(&long, LIMITS),
+            ProtocolError::TooBigInlineRequest
+        );
     }
 
     #[test]

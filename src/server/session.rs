@@ -135,16 +135,25 @@ impl Session {
 
     /// Handles one command from the client: checks, MULTI queueing, then execution.
     pub async fn handle(&mut self, args: Args) {
+        self.dispatch(args).await;
+        // Counted after the command, as Valkey does (CLIENT INFO shows the ones before it).
         self.client
             .total_commands
             .set(self.client.total_commands.get() + 1);
+    }
+
+    async fn dispatch(&mut self, args: Args) {
         let registry = Registry::get();
         let command = match registry.resolve(&args) {
             Ok(c) => c,
             Err(e) => {
                 self.flush_group().await;
+                let counted = match e {
+                    LookupError::Arity(container) => Some(container),
+                    _ => None,
+                };
                 let message = lookup_error_text(e, &args);
-                self.reject(None, CommandError::Generic(message));
+                self.reject(counted, CommandError::Generic(message));
                 return;
             }
         };

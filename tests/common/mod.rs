@@ -151,7 +151,8 @@ fn wait_ready(child: &mut Child, port: u16) -> bool {
             if conn.write_all(b"PING\r\n").is_ok() {
                 let mut buf = [0u8; 16];
                 if let Ok(n) = conn.read(&mut buf) {
-                    if &buf[..n] == b"+PONG\r\n" {
+                    // A server started with a password answers NOAUTH: it is up all the same.
+                    if &buf[..n] == b"+PONG\r\n" || buf[..n].starts_with(b"-NOAUTH") {
                         return true;
                     }
                 }
