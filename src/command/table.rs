@@ -137,8 +137,11 @@ pub struct Command {
     pub meta: &'static Meta,
     pub handler: Handler,
     /// For a container, its subcommands by lower-case name.
-    pub subcommands: HashMap<String, Command>,
+    pub subcommands: CommandMap,
 }
+
+/// Commands by lower-case name (looked up on every request: a fast hash).
+pub type CommandMap = HashMap<String, Command, foldhash::fast::FixedState>;
 
 impl Command {
     pub fn name(&self) -> &'static str {
@@ -215,7 +218,7 @@ impl Command {
 
 /// Every command corekv runs.
 pub struct Registry {
-    commands: HashMap<String, Command>,
+    commands: CommandMap,
 }
 
 impl Registry {
@@ -224,7 +227,7 @@ impl Registry {
         for (name, handler) in super::all_handlers() {
             handlers.insert(name, handler);
         }
-        let mut commands: HashMap<String, Command> = HashMap::new();
+        let mut commands = CommandMap::default();
         let mut subs: Vec<(&'static str, Command)> = Vec::new();
         for meta in super::catalog::CATALOG {
             let Some(&handler) = handlers.get(meta.name) else {
@@ -233,7 +236,7 @@ impl Registry {
             let command = Command {
                 meta,
                 handler,
-                subcommands: HashMap::new(),
+                subcommands: CommandMap::default(),
             };
             match meta.name.split_once('|') {
                 Some((parent, _)) => subs.push((parent, command)),

@@ -29,6 +29,7 @@ pub async fn run(shard: Rc<Shard>) {
 }
 
 fn tick(shard: &Shard, period: Duration) {
+    shard.refresh_clock();
     let started = Instant::now();
     active_expire(shard, period * EXPIRE_TIME_PERCENT / 100);
     rehash(shard);

@@ -11,7 +11,6 @@ use crate::command::table::{Command, Handler};
 use crate::command::{KeyCtx, LogAs};
 use crate::error::CommandError;
 use crate::protocol::{Args, Protocol, ReplyBuf};
-use crate::server::state::unix_ms;
 use crate::storage::aof::{Aof, AofFailure};
 use crate::storage::record::TxTag;
 use crate::storage::FsyncMode;
@@ -86,7 +85,7 @@ pub fn run_keyed(
     effects: &mut Effects,
 ) -> usize {
     let config = shard.config();
-    let now_ms = unix_ms();
+    let (mut last, now_ms) = shard.now();
     let mut dbs = shard.dbs();
     let mut aof = shard.aof();
     let mut stats = shard.stats.borrow_mut();
@@ -101,8 +100,11 @@ pub fn run_keyed(
         } else {
             None
         };
-        let started = Instant::now();
-        let before = total_changes(&dbs);
+        let before = if aof.is_some() {
+            total_changes(&dbs)
+        } else {
+            0
+        };
         let mut log = LogAs::Original;
         let result = match (refused, call.command.handler) {
             (Some(e), _) => Err(e),
@@ -132,7 +134,10 @@ pub fn run_keyed(
             stats.record_error(&message);
         }
         if call.counted {
-            let usec = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            // One clock read per command: its end is the next one's start.
+            let end = Instant::now();
+            let usec = u64::try_from(end.duration_since(last).as_micros()).unwrap_or(u64::MAX);
+            last = end;
             stats.record_call(call.command.name(), usec, result.is_err());
         }
         if let Some(ends) = ends.as_deref_mut() {

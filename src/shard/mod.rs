@@ -16,10 +16,11 @@ pub mod value;
 use std::cell::{Cell, RefCell, RefMut};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::Config;
 use crate::server::clients::ClientRegistry;
-use crate::server::state::ServerState;
+use crate::server::state::{unix_ms, ServerState};
 use crate::storage::aof::{Aof, AofFailure};
 use crate::storage::FsyncMode;
 use crate::telemetry::stats::ShardStats;
@@ -43,6 +44,9 @@ pub struct Shard {
     next_tx: Cell<u64>,
     /// The append-only log, when `appendonly` is on.
     aof: RefCell<Option<Aof>>,
+    /// An instant and the Unix time it stands for, refreshed every tick: one clock read gives
+    /// both a monotonic instant and the wall-clock time (see [`Shard::now`]).
+    clock_base: Cell<(Instant, i64)>,
 }
 
 impl Shard {
@@ -62,6 +66,7 @@ impl Shard {
             clients: RefCell::new(ClientRegistry::default()),
             next_tx: Cell::new(1),
             aof: RefCell::new(None),
+            clock_base: Cell::new((Instant::now(), unix_ms())),
             server,
         }
     }
@@ -108,6 +113,19 @@ impl Shard {
 
     pub fn locks(&self) -> RefMut<'_, LockTable> {
         self.locks.borrow_mut()
+    }
+
+    /// The current instant and Unix time in milliseconds, from one clock read.
+    pub fn now(&self) -> (Instant, i64) {
+        let (base, base_ms) = self.clock_base.get();
+        let now = Instant::now();
+        let elapsed = i64::try_from(now.duration_since(base).as_millis()).unwrap_or(i64::MAX);
+        (now, base_ms.saturating_add(elapsed))
+    }
+
+    /// Re-reads the wall clock (it may be adjusted; the monotonic clock is not).
+    pub fn refresh_clock(&self) {
+        self.clock_base.set((Instant::now(), unix_ms()));
     }
 
     /// The log, if on.

@@ -18,10 +18,13 @@ pub struct CommandStats {
 /// Samples kept for `instantaneous_ops_per_sec` (Valkey keeps 16, one per 100 ms tick).
 const OPS_SAMPLES: usize = 16;
 
+/// Fast hashing for the per-command table (updated on every command).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
 /// Counters of one shard.
 #[derive(Debug, Default, Clone)]
 pub struct ShardStats {
-    pub commands: HashMap<&'static str, CommandStats>,
+    pub commands: FastMap<&'static str, CommandStats>,
     pub errors_by_code: HashMap<String, u64>,
     pub total_commands: u64,
     pub total_error_replies: u64,
