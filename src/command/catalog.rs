@@ -540,6 +540,20 @@ pub static CATALOG: &[Meta] = &[
             complexity: "Depends on subcommand.",
         },
     },
+    Meta {
+        name: "waitaof",
+        arity: 4,
+        flags: BLOCKING,
+        acl: &["slow", "blocking", "connection"],
+        tips: &["request_policy:all_shards", "response_policy:agg_min"],
+        key_specs: &[],
+        doc: Doc {
+            summary: "Waits until the connection's earlier writes are on disk locally and, optionally, on replicas.",
+            since: "7.2.0",
+            group: "generic",
+            complexity: "O(1)",
+        },
+    },
     // --- strings ---
     Meta {
         name: "get",

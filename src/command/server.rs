@@ -41,6 +41,7 @@ pub static HANDLERS: &[(&str, Handler)] = &[
     ("swapdb", Handler::Coord(swapdb)),
     ("shutdown", Handler::Coord(shutdown)),
     ("debug", Handler::Conn(debug)),
+    ("waitaof", Handler::Coord(waitaof)),
 ];
 
 type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
@@ -596,4 +597,103 @@ fn debug(session: &mut Session, args: &Args) -> CommandResult {
         "unknown subcommand or wrong number of arguments for '{}'. Try DEBUG HELP.",
         args.text(1)
     )))
+}
+
+/// Parses WAITAOF's timeout as Valkey does; `None` means block forever.
+fn parse_timeout(arg: &[u8]) -> CommandResult<Option<Duration>> {
+    let ms = crate::protocol::parser::parse_i64(arg)
+        .ok_or_else(|| CommandError::err("timeout is not an integer or out of range"))?;
+    if ms < 0 {
+        return Err(CommandError::err("timeout is negative"));
+    }
+    if crate::server::state::unix_ms().checked_add(ms).is_none() {
+        return Err(CommandError::err("timeout is out of range"));
+    }
+    Ok((ms > 0).then(|| Duration::from_millis(ms.unsigned_abs())))
+}
+
+/// Whether every shard's log covers this connection's last write there (1), or not (0).
+async fn local_ack(session: &Session) -> CommandResult<i64> {
+    if !session.shard.config().appendonly {
+        return Ok(0);
+    }
+    let woff = session.woff.clone();
+    let durable: Vec<Option<u64>> = session.gather(|s| s.with_aof(|a| a.durable())).await?;
+    let covered = woff
+        .iter()
+        .zip(&durable)
+        .all(|(&w, d)| w == 0 || d.is_some_and(|d| d >= w));
+    Ok(i64::from(covered))
+}
+
+/// Waits until every shard's log is durable up to this connection's last write there, asking
+/// each shard to sync now rather than at its next scheduled sync.
+async fn wait_local(session: &Session) -> CommandResult {
+    let calls: Vec<_> = session
+        .woff
+        .iter()
+        .enumerate()
+        .filter(|(_, &w)| w > 0)
+        .map(|(shard, &w)| session.shard.call_async(shard, move |s| s.durable(w, true)))
+        .collect();
+    for call in calls {
+        let durable: Result<(), crate::storage::aof::AofFailure> =
+            call.await.map_err(|e| CommandError::err(e.to_string()))?;
+        durable.map_err(|f| CommandError::Coded(f.misconf()))?;
+    }
+    Ok(())
+}
+
+fn waitaof(session: &mut Session, args: Args) -> CoordFuture<'_> {
+    Box::pin(async move {
+        let numlocal =
+            crate::protocol::parser::parse_i64(args.get(1)).ok_or(CommandError::NotInteger)?;
+        if !(0..=1).contains(&numlocal) {
+            return Err(CommandError::err(
+                "value is out of range, value must between 0 and 1",
+            ));
+        }
+        let numreplicas = crate::protocol::parser::parse_i64(args.get(2))
+            .filter(|&n| n >= 0)
+            .ok_or_else(|| CommandError::err("value is out of range, must be positive"))?;
+        let timeout = parse_timeout(args.get(3))?;
+        if numlocal > 0 && !session.shard.config().appendonly {
+            return Err(CommandError::err(
+                "WAITAOF cannot be used when numlocal is set but appendonly is disabled.",
+            ));
+        }
+        // Replicas acknowledge nothing yet: none can count.
+        let replicas_acked = 0;
+        let acked = local_ack(session).await?;
+        let satisfied = acked >= numlocal && replicas_acked >= numreplicas;
+        if !satisfied && !session.in_exec {
+            let wanted = async {
+                if numlocal > acked {
+                    wait_local(session).await?;
+                }
+                if numreplicas > replicas_acked {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            };
+            let expired = async {
+                match timeout {
+                    Some(t) => glommio::timer::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+                Ok::<(), CommandError>(())
+            };
+            futures_lite::future::or(wanted, expired).await?;
+            if numlocal > 0 && !session.shard.config().appendonly {
+                return Err(CommandError::err(
+                    "WAITAOF cannot be used when numlocal is set but appendonly is disabled.",
+                ));
+            }
+        }
+        let acked = local_ack(session).await?;
+        session.out.array(2);
+        session.out.int(acked);
+        session.out.int(replicas_acked);
+        Ok(())
+    })
 }

@@ -15,7 +15,7 @@ use glommio::net::TcpStream;
 
 use super::clients::ClientInfo;
 use super::session::Session;
-use crate::protocol::{ParseLimits, Parsed, RequestParser};
+use crate::protocol::{Args, ParseLimits, Parsed, RequestParser};
 use crate::shard::Shard;
 
 /// Bytes read from the socket at a time.
@@ -94,6 +94,39 @@ impl Connection {
         Ok(written)
     }
 
+    /// Runs a command that may block (WAITAOF), reading the socket meanwhile into the input
+    /// buffer as Valkey does, so that a client that goes away is noticed and its wait dropped.
+    /// True if the client went away (or overflowed its query buffer).
+    async fn handle_watching_close(&mut self, session: &mut Session, args: Args) -> bool {
+        let limit = self.shard.config().client_query_buffer_limit;
+        let stream = &mut self.stream;
+        let input = &mut self.input;
+        let scratch = &mut self.scratch;
+        let client = Rc::clone(&self.client);
+        let run = async {
+            session.handle(args).await;
+            false
+        };
+        let gone = async {
+            loop {
+                match stream.read(scratch).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(n) => {
+                        input.extend_from_slice(&scratch[..n]);
+                        if input.len() as u64 > limit {
+                            return true;
+                        }
+                    }
+                }
+            }
+        };
+        let killed = async {
+            client.killed().await;
+            true
+        };
+        futures_lite::future::or(run, futures_lite::future::or(gone, killed)).await
+    }
+
     /// Runs every complete command in the input. `Some` when the connection must close.
     async fn run_buffered(&mut self, session: &mut Session) -> std::io::Result<Option<Close>> {
         loop {
@@ -104,7 +137,13 @@ impl Connection {
             };
             match self.parser.parse(&mut self.input, limits) {
                 Ok(Parsed::Command(args)) => {
-                    session.handle(args).await;
+                    if is_blocking(&args) {
+                        if self.handle_watching_close(session, args).await {
+                            return Ok(Some(Close::Normal));
+                        }
+                    } else {
+                        session.handle(args).await;
+                    }
                     if session.close_after_reply {
                         session.flush_group().await;
                         return Ok(Some(Close::Normal));
@@ -134,6 +173,13 @@ impl Connection {
             }
         }
     }
+}
+
+/// True for commands that may wait indefinitely (their table flag says `blocking`).
+fn is_blocking(args: &Args) -> bool {
+    crate::command::table::Registry::get()
+        .lookup(args.get(0))
+        .is_some_and(|c| c.has_flag(crate::command::table::flags::BLOCKING))
 }
 
 /// Serves one client until it disconnects, is killed, or breaks the protocol.

@@ -201,7 +201,9 @@ fn append(aof: &mut Aof, db: usize, commands: Vec<Args>, mode: Mode, effects: &m
                 mark_dirty(aof, db, args, end);
             }
             effects.wrote_to = effects.wrote_to.max(end);
-            effects.durable_at = effects.durable_at.max(end);
+            if aof.mode == FsyncMode::Always {
+                effects.durable_at = effects.durable_at.max(end);
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -102,7 +102,8 @@ pub struct Aof {
     tx_parts: HashMap<TxTag, Vec<LoggedCommand>>,
     /// Keys written since their record became durable: key hash → record end.
     dirty: HashMap<u64, u64>,
-    waiters: BTreeMap<u64, Vec<Rc<RefCell<WaitSlot>>>>,
+    /// Waiters by the position they need; weak, so a waiter that goes away leaves nothing.
+    waiters: BTreeMap<u64, Vec<Weak<RefCell<WaitSlot>>>>,
     /// The commit loop should run now (someone waits).
     urgent: bool,
     kick: Option<Waker>,
@@ -168,10 +169,19 @@ impl Aof {
     fn appended(&mut self, len: usize) -> u64 {
         self.end += len as u64;
         self.pending_records += 1;
-        if self.mode == FsyncMode::Always || self.pending.len() >= PENDING_WAKE_BYTES {
+        // The loop sleeps without a timer while nothing is pending: the first record of a
+        // batch wakes it (it then schedules its write and sync), as do a full buffer and, in
+        // `always`, every record.
+        let first = self.pending_records == 1;
+        if first || self.mode == FsyncMode::Always || self.pending.len() >= PENDING_WAKE_BYTES {
             self.wake_loop();
         }
         self.end
+    }
+
+    /// For the commit loop: whether records wait to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Appends commands as one record (all or nothing on recovery); returns its end position.
@@ -265,7 +275,7 @@ impl Aof {
         self.waiters
             .entry(position)
             .or_default()
-            .push(Rc::clone(&slot));
+            .push(Rc::downgrade(&slot));
         if urgent || self.mode == FsyncMode::Always {
             self.urgent = true;
             self.wake_loop();
@@ -306,9 +316,12 @@ impl Aof {
         std::mem::take(&mut self.urgent)
     }
 
-    /// For the commit loop: whether anyone waits for durability.
+    /// For the commit loop: whether anyone still waits for durability.
     pub fn has_waiters(&self) -> bool {
-        !self.waiters.is_empty()
+        self.waiters
+            .values()
+            .flatten()
+            .any(|w| w.strong_count() > 0)
     }
 
     /// For the commit loop: everything up to `position` is durable.
@@ -335,7 +348,7 @@ impl Aof {
         }
         let later = self.waiters.split_off(&(position + 1));
         let ready = std::mem::replace(&mut self.waiters, later);
-        for slot in ready.into_values().flatten() {
+        for slot in ready.into_values().flatten().filter_map(|w| w.upgrade()) {
             let mut slot = slot.borrow_mut();
             slot.result = Some(Ok(()));
             if let Some(w) = slot.waker.take() {
@@ -355,7 +368,7 @@ impl Aof {
         self.stats.write_errors += 1;
         let later = self.waiters.split_off(&(position + 1));
         let failed = std::mem::replace(&mut self.waiters, later);
-        for slot in failed.into_values().flatten() {
+        for slot in failed.into_values().flatten().filter_map(|w| w.upgrade()) {
             let mut slot = slot.borrow_mut();
             slot.result = Some(Err(failure.clone()));
             if let Some(w) = slot.waker.take() {
@@ -367,7 +380,11 @@ impl Aof {
 
     /// Turns the log off: waiters are released with `failure` (CONFIG SET appendonly no).
     pub fn close(&mut self, failure: AofFailure) {
-        for slot in std::mem::take(&mut self.waiters).into_values().flatten() {
+        for slot in std::mem::take(&mut self.waiters)
+            .into_values()
+            .flatten()
+            .filter_map(|w| w.upgrade())
+        {
             let mut slot = slot.borrow_mut();
             slot.result = Some(Err(failure.clone()));
             if let Some(w) = slot.waker.take() {

@@ -25,6 +25,8 @@ const NO_FSYNC_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// First and longest pause between retries after a failed write or sync.
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(10);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
+/// Shortest timed wait, so a due deadline never makes the loop spin.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// What the loop knows beyond the writer: bytes written since the last sync, and bytes that
 /// must be written again after a failure.
@@ -52,7 +54,8 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
         let Some(mode) = shard.aof_mode() else {
             return;
         };
-        let wait = next_wait(mode, &state);
+        let pending = shard.with_aof(|a| a.has_pending()).unwrap_or(false);
+        let wait = next_wait(mode, &state, pending);
         wait_for_work(&shard, wait).await;
         if shard.aof_mode().is_none() {
             // Turned off: make what was written durable before leaving.
@@ -120,15 +123,20 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
     }
 }
 
-/// How long the loop may sleep before it must act on its own.
-fn next_wait(mode: FsyncMode, state: &State) -> Option<Duration> {
+/// How long the loop may sleep before it must act on its own; `None` until woken.
+fn next_wait(mode: FsyncMode, state: &State, pending: bool) -> Option<Duration> {
     if let Some(delay) = state.retry_delay {
         return Some(delay);
     }
     match mode {
         FsyncMode::Always => None,
-        FsyncMode::Everysec => Some(EVERYSEC_INTERVAL.saturating_sub(state.last_sync.elapsed())),
-        FsyncMode::No => Some(NO_FSYNC_WRITE_INTERVAL),
+        FsyncMode::Everysec if pending || !state.unsynced.is_empty() => Some(
+            EVERYSEC_INTERVAL
+                .saturating_sub(state.last_sync.elapsed())
+                .max(MIN_WAIT),
+        ),
+        FsyncMode::No if pending => Some(NO_FSYNC_WRITE_INTERVAL),
+        FsyncMode::Everysec | FsyncMode::No => None,
     }
 }
 
