@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 
 use super::clients::ClientInfo;
@@ -21,7 +21,7 @@ use crate::shard::Shard;
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Replies are written out once this much is pending, before more requests are read or run.
-pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+pub use super::session::OUTPUT_FLUSH_BYTES;
 
 /// Why a connection ends.
 enum Close {
@@ -64,34 +64,6 @@ impl Connection {
         self.client.query_buffer_bytes.set(self.input.len());
         self.shard.stats.borrow_mut().net_input_bytes += n as u64;
         Ok(true)
-    }
-
-    /// Writes and clears the session's pending replies.
-    async fn write_out(&mut self, session: &mut Session) -> std::io::Result<bool> {
-        if session.out.is_empty() {
-            return Ok(true);
-        }
-        let len = session.out.len();
-        self.client.output_bytes.set(len);
-        let client = Rc::clone(&self.client);
-        let write = async {
-            self.stream.write_all(session.out.as_bytes()).await?;
-            Ok::<bool, std::io::Error>(true)
-        };
-        let killed = async {
-            client.killed().await;
-            Ok(false)
-        };
-        let written = futures_lite::future::or(write, killed).await?;
-        session.out.clear();
-        self.client.output_bytes.set(0);
-        if written {
-            self.client
-                .total_net_out
-                .set(self.client.total_net_out.get() + len as u64);
-            self.shard.stats.borrow_mut().net_output_bytes += len as u64;
-        }
-        Ok(written)
     }
 
     /// Runs a command that may block (WAITAOF), reading the socket meanwhile into the input
@@ -150,8 +122,7 @@ impl Connection {
                     }
                     if session.out.len() >= OUTPUT_FLUSH_BYTES {
                         session.flush_group().await;
-                        session.settle().await;
-                        if !self.write_out(session).await? {
+                        if !session.write_out().await? {
                             return Ok(Some(Close::Normal));
                         }
                     }
@@ -183,8 +154,8 @@ fn is_blocking(args: &Args) -> bool {
 }
 
 /// Serves one client until it disconnects, is killed, or breaks the protocol.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, client: Rc<ClientInfo>) {
-    let mut session = Session::new(Rc::clone(&shard), Rc::clone(&client));
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, writer: TcpStream, client: Rc<ClientInfo>) {
+    let mut session = Session::new(Rc::clone(&shard), Rc::clone(&client), writer);
     let mut conn = Connection {
         stream,
         input: BytesMut::with_capacity(READ_CHUNK_BYTES),
@@ -206,8 +177,7 @@ async fn serve_loop(conn: &mut Connection, session: &mut Session) -> std::io::Re
     loop {
         let close = conn.run_buffered(session).await?;
         session.flush_group().await;
-        session.settle().await;
-        if !conn.write_out(session).await? {
+        if !session.write_out().await? {
             return Ok(Close::Normal);
         }
         if let Some(close) = close {

@@ -119,12 +119,25 @@ async fn admit(shard: &Rc<Shard>, mut stream: TcpStream) {
         refuse(&mut stream, "-ERR max number of clients reached\r\n").await;
         return;
     }
+    // A second descriptor for the same socket: replies are written through it while the
+    // connection reads through the first (a blocked client is still read from).
+    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let writer = match SockRef::from(&fd).try_clone() {
+        // SAFETY: `try_clone` made a new descriptor that nothing else owns; the stream takes it.
+        Ok(socket) => unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) },
+        Err(e) => {
+            log::warn!("Could not set up the connection from {addr}: {e}");
+            shard.server.release_client();
+            return;
+        }
+    };
     let id = shard.server.next_client_id();
     let client = Rc::new(ClientInfo::new(id, addr, laddr, stream.as_raw_fd()));
     shard.clients.borrow_mut().add(Rc::clone(&client));
     let s = Rc::clone(shard);
     glommio::spawn_local(async move {
-        connection::serve(Rc::clone(&s), stream, Rc::clone(&client)).await;
+        connection::serve(Rc::clone(&s), stream, writer, Rc::clone(&client)).await;
         s.clients.borrow_mut().remove(client.id);
         s.server.release_client();
     })

@@ -12,9 +12,12 @@
 //! With the log on, the session also remembers, per shard, where its last write ended (for
 //! WAITAOF), and in `appendfsync always` holds its replies until what they depend on is durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
 
 use crate::command::table::{flags, Command, Handler, LookupError, Registry, Split};
 use crate::error::{CommandError, CommandResult};
@@ -29,9 +32,12 @@ use crate::storage::aof::AofFailure;
 use crate::storage::record::TxTag;
 use crate::storage::FsyncMode;
 
-/// Keyed commands collected before the group is sent to the shards. Bounds the replies a
-/// connection holds in memory before it writes them (a group's replies are gathered whole).
-const GROUP_CALLS_MAX: usize = 64;
+/// Keyed commands collected before the group is sent to the shards.
+const GROUP_CALLS_MAX: usize = 1024;
+/// Replies are written out once this much is pending; a shard running a group's commands
+/// stops after producing this much, so a connection never holds much more than this (plus one
+/// reply) per shard, whatever the client pipelines without reading.
+pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
 
 /// A command queued inside MULTI.
 pub struct Queued {
@@ -73,6 +79,8 @@ pub struct Session {
     pub shard: Rc<Shard>,
     pub client: Rc<ClientInfo>,
     pub out: ReplyBuf,
+    /// The connection's socket, for writing replies.
+    writer: TcpStream,
     pub db: usize,
     pub authenticated: bool,
     pub multi: Option<Multi>,
@@ -103,7 +111,7 @@ enum Route {
 }
 
 impl Session {
-    pub fn new(shard: Rc<Shard>, client: Rc<ClientInfo>) -> Self {
+    pub fn new(shard: Rc<Shard>, client: Rc<ClientInfo>, writer: TcpStream) -> Self {
         let authenticated = shard.config().requirepass.is_empty();
         client.authenticated.set(authenticated);
         let group = Group {
@@ -114,6 +122,7 @@ impl Session {
             shard,
             client,
             out: ReplyBuf::default(),
+            writer,
             db: 0,
             authenticated,
             multi: None,
@@ -320,6 +329,7 @@ impl Session {
                 None,
                 mode,
                 &mut effects,
+                usize::MAX,
             );
             if next == calls.len() {
                 break;
@@ -357,6 +367,38 @@ impl Session {
         }
     }
 
+    /// Writes the pending replies (once they may leave) and clears them. False when the client
+    /// was killed meanwhile: the connection is to close.
+    pub async fn write_out(&mut self) -> std::io::Result<bool> {
+        self.settle().await;
+        if self.out.is_empty() {
+            return Ok(!self.client.is_killed());
+        }
+        let len = self.out.len();
+        self.client.output_bytes.set(len);
+        let client = Rc::clone(&self.client);
+        let writer = &mut self.writer;
+        let bytes = self.out.as_bytes();
+        let write = async {
+            writer.write_all(bytes).await?;
+            Ok::<bool, std::io::Error>(true)
+        };
+        let killed = async {
+            client.killed().await;
+            Ok(false)
+        };
+        let written = futures_lite::future::or(write, killed).await?;
+        self.out.clear();
+        self.client.output_bytes.set(0);
+        if written {
+            self.client
+                .total_net_out
+                .set(self.client.total_net_out.get() + len as u64);
+            self.shard.stats.borrow_mut().net_output_bytes += len as u64;
+        }
+        Ok(written)
+    }
+
     fn replace_replies(&mut self, ranges: &[(usize, usize)], failure: &AofFailure) {
         let old = self.out.take();
         let mut at = 0;
@@ -376,77 +418,100 @@ impl Session {
     }
 
     /// Runs the collected keyed commands and writes their replies in the client's order.
+    ///
+    /// In rounds: each shard with commands left runs them until it has produced
+    /// [`OUTPUT_FLUSH_BYTES`] of replies; the replies that can go out in order do, and are
+    /// written to the socket before the next round, so memory stays bounded.
     pub async fn flush_group(&mut self) {
         if self.group.is_empty() {
             return;
         }
         let mode = self.mode();
         let local = self.shard.index();
-        let order = std::mem::take(&mut self.group.order);
-        let used: Vec<usize> = (0..self.group.per_shard.len())
-            .filter(|&s| !self.group.per_shard[s].is_empty())
-            .collect();
-        if used == [local] {
-            let calls = std::mem::take(&mut self.group.per_shard[local]);
-            self.run_local(calls).await;
-            return;
-        }
         let protocol = self.out.protocol();
-        let mut remote = Vec::new();
-        for &s in used.iter().filter(|&&s| s != local) {
-            let calls = std::mem::take(&mut self.group.per_shard[s]);
-            let count = calls.len();
-            let call = self
-                .shard
-                .call_outcome::<Replies, _>(s, keyed_job(calls, protocol, mode));
-            remote.push((s, count, call));
-        }
-        self.shard.stats.borrow_mut().cross_shard_sent += remote.len() as u64;
-        let mut replies: Vec<Option<Replies>> = (0..self.shard.count()).map(|_| None).collect();
-        let mut local_effects = Effects::default();
-        if used.contains(&local) {
-            let calls = std::mem::take(&mut self.group.per_shard[local]);
-            let mut out = ReplyBuf::new(protocol);
-            let mut ends = Vec::with_capacity(calls.len());
-            let mut next = 0;
-            while next < calls.len() {
-                next = run_keyed(
-                    &self.shard,
-                    &calls,
-                    next,
-                    &mut out,
-                    Some(&mut ends),
-                    mode,
-                    &mut local_effects,
-                );
-                if next < calls.len() {
+        let mut order: VecDeque<usize> = std::mem::take(&mut self.group.order).into();
+        let mut left: Vec<Vec<KeyedCall>> = self
+            .group
+            .per_shard
+            .iter_mut()
+            .map(std::mem::take)
+            .collect();
+        let mut ready: Vec<VecDeque<Vec<u8>>> = (0..left.len()).map(|_| VecDeque::new()).collect();
+        loop {
+            let mut remote = Vec::new();
+            for s in 0..left.len() {
+                if s == local || left[s].is_empty() || !ready[s].is_empty() {
+                    continue;
+                }
+                let calls = std::mem::take(&mut left[s]);
+                let count = calls.len();
+                let call = self
+                    .shard
+                    .call_outcome::<Replies, _>(s, keyed_job(calls, protocol, mode));
+                remote.push((s, count, call));
+            }
+            self.shard.stats.borrow_mut().cross_shard_sent += remote.len() as u64;
+            if !left[local].is_empty() && ready[local].is_empty() {
+                let calls = std::mem::take(&mut left[local]);
+                let mut out = ReplyBuf::new(protocol);
+                let mut ends = Vec::with_capacity(calls.len());
+                let mut effects = Effects::default();
+                let mut next = 0;
+                loop {
+                    next = run_keyed(
+                        &self.shard,
+                        &calls,
+                        next,
+                        &mut out,
+                        Some(&mut ends),
+                        mode,
+                        &mut effects,
+                        OUTPUT_FLUSH_BYTES,
+                    );
+                    if next == calls.len() || out.len() >= OUTPUT_FLUSH_BYTES {
+                        break;
+                    }
                     self.shard.lock_released().await;
                 }
+                let done = Replies {
+                    bytes: out.take(),
+                    ends,
+                    effects,
+                    ..Replies::default()
+                };
+                queue_replies(&mut ready[local], &done);
+                left[local] = calls.into_iter().skip(next).collect();
+                self.note_effects(local, effects, None);
             }
-            replies[local] = Some(Replies {
-                bytes: out.take(),
-                ends,
-                ..Replies::default()
-            });
-        }
-        for (s, count, call) in remote {
-            let r = call.await.unwrap_or_else(|e| failed_replies(e, count));
-            self.note_effects(s, r.effects, None);
-            replies[s] = Some(r);
-        }
-        let start = self.out.len();
-        let mut next_reply = vec![0usize; replies.len()];
-        for s in order {
-            if let Some(r) = &replies[s] {
-                match &r.failure {
-                    Some(failure) => self.out.error(&failure.misconf()),
-                    None => self.out.raw(r.reply(next_reply[s])),
+            for (s, count, call) in remote {
+                let mut r = call.await.unwrap_or_else(|e| failed_replies(e, count));
+                self.note_effects(s, r.effects, None);
+                if let Some(failure) = &r.failure {
+                    let executed = r.ends.len();
+                    r = error_replies(&failure.misconf(), executed).with_rest(r.rest);
                 }
-                next_reply[s] += 1;
+                queue_replies(&mut ready[s], &r);
+                left[s] = std::mem::take(&mut r.rest);
+            }
+            let start = self.out.len();
+            while let Some(&s) = order.front() {
+                let Some(reply) = ready[s].pop_front() else {
+                    break;
+                };
+                self.out.raw(&reply);
+                order.pop_front();
+            }
+            let end = self.out.len();
+            self.gated.push((start, end));
+            if order.is_empty() {
+                return;
+            }
+            // A shard stopped at its reply budget: let the client take what is ready first.
+            if !matches!(self.write_out().await, Ok(true)) {
+                self.close_after_reply = true;
+                return;
             }
         }
-        let end = self.out.len();
-        self.note_effects(local, local_effects, Some((start, end)));
     }
 
     /// Runs keyed commands (given as arguments) on `shard` under the session's transaction and
@@ -782,16 +847,28 @@ fn mesh_error(e: MeshError) -> CommandError {
 
 /// Error replies for `count` calls whose shard did not answer.
 fn failed_replies(error: MeshError, count: usize) -> Replies {
+    error_replies(&format!("ERR {error}"), count)
+}
+
+/// `count` identical error replies.
+fn error_replies(message: &str, count: usize) -> Replies {
     let mut out = ReplyBuf::default();
     let mut ends = Vec::with_capacity(count);
     for _ in 0..count {
-        out.error(&format!("ERR {error}"));
+        out.error(message);
         ends.push(out.len());
     }
     Replies {
         bytes: out.take(),
         ends,
         ..Replies::default()
+    }
+}
+
+/// Queues each reply of `replies` as its own buffer.
+fn queue_replies(queue: &mut VecDeque<Vec<u8>>, replies: &Replies) {
+    for i in 0..replies.ends.len() {
+        queue.push_back(replies.reply(i).to_vec());
     }
 }
 

@@ -51,16 +51,24 @@ pub enum Mode {
 }
 
 /// Replies of a batch run for another shard.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Replies {
     pub bytes: Vec<u8>,
     pub ends: Vec<usize>,
     pub effects: Effects,
     /// In `always` mode the shard waits for its log before replying; this says it failed.
     pub failure: Option<AofFailure>,
+    /// Calls not run because the replies reached their budget (sent again later).
+    pub rest: Vec<KeyedCall>,
 }
 
 impl Replies {
+    /// The same replies with `rest` as the calls left over.
+    pub fn with_rest(mut self, rest: Vec<KeyedCall>) -> Replies {
+        self.rest = rest;
+        self
+    }
+
     /// The encoded reply of call `i`.
     pub fn reply(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
@@ -74,7 +82,9 @@ fn total_changes(dbs: &[crate::shard::db::Db]) -> u64 {
 
 /// Runs `calls[from..]` in order, writing replies to `out` (and each reply's end offset to
 /// `ends`). Stops before a call whose key a transaction holds, unless running inside that
-/// transaction. Returns the index reached.
+/// transaction, and after the call that brings `out` to `budget_bytes`. Returns the index
+/// reached.
+#[allow(clippy::too_many_arguments)]
 pub fn run_keyed(
     shard: &Shard,
     calls: &[KeyedCall],
@@ -83,6 +93,7 @@ pub fn run_keyed(
     mut ends: Option<&mut Vec<usize>>,
     mode: Mode,
     effects: &mut Effects,
+    budget_bytes: usize,
 ) -> usize {
     let config = shard.config();
     let (mut last, now_ms) = shard.now();
@@ -142,6 +153,9 @@ pub fn run_keyed(
         }
         if let Some(ends) = ends.as_deref_mut() {
             ends.push(out.len());
+        }
+        if out.len() >= budget_bytes {
+            return i + 1;
         }
     }
     calls.len()
@@ -232,27 +246,9 @@ fn is_blocked(shard: &Shard, call: &KeyedCall) -> bool {
         .any(|i| locks.blocks(call.db, call.args.get(i), write))
 }
 
-/// Runs all of `calls`, waiting whenever a transaction holds one of their keys.
-pub async fn run_keyed_to_end(
-    shard: &Shard,
-    calls: &[KeyedCall],
-    out: &mut ReplyBuf,
-    mut ends: Option<&mut Vec<usize>>,
-    mode: Mode,
-    effects: &mut Effects,
-) {
-    let mut next = 0;
-    loop {
-        next = run_keyed(shard, calls, next, out, ends.as_deref_mut(), mode, effects);
-        if next == calls.len() {
-            return;
-        }
-        shard.lock_released().await;
-    }
-}
-
-/// The job another shard runs for a batch of keyed calls; its result is [`Replies`]. In
-/// `always` mode the replies are held until what they depend on is durable.
+/// The job another shard runs for a batch of keyed calls; its result is [`Replies`]. It stops
+/// once its replies reach the reply budget (the calls left travel back in `rest`). In `always`
+/// mode the replies are held until what they depend on is durable.
 pub fn keyed_job(
     calls: Vec<KeyedCall>,
     protocol: Protocol,
@@ -260,6 +256,7 @@ pub fn keyed_job(
 ) -> impl FnOnce(&Rc<Shard>) -> Outcome + Send + 'static {
     move |shard| {
         shard.stats.borrow_mut().cross_shard_served += 1;
+        let budget = crate::server::session::OUTPUT_FLUSH_BYTES;
         let mut out = ReplyBuf::new(protocol);
         let mut ends = Vec::with_capacity(calls.len());
         let mut effects = Effects::default();
@@ -271,20 +268,28 @@ pub fn keyed_job(
             Some(&mut ends),
             mode,
             &mut effects,
+            budget,
         );
+        let finished =
+            |out: &mut ReplyBuf, ends: Vec<usize>, effects, calls: Vec<KeyedCall>, failure| {
+                let executed = ends.len();
+                Replies {
+                    bytes: out.take(),
+                    ends,
+                    effects,
+                    failure,
+                    rest: calls.into_iter().skip(executed).collect(),
+                }
+            };
+        let stopped_at_budget = next < calls.len() && out.len() >= budget;
         let needs_wait = effects.durable_at > 0 && shard.aof_mode() == Some(FsyncMode::Always);
-        if next == calls.len() && !needs_wait {
-            return Outcome::Ready(Box::new(Replies {
-                bytes: out.take(),
-                ends,
-                effects,
-                failure: None,
-            }));
+        if (next == calls.len() || stopped_at_budget) && !needs_wait {
+            return Outcome::Ready(Box::new(finished(&mut out, ends, effects, calls, None)));
         }
         let shard = Rc::clone(shard);
         Outcome::Pending(Box::pin(async move {
             let mut next = next;
-            while next < calls.len() {
+            while next < calls.len() && out.len() < budget {
                 shard.lock_released().await;
                 next = run_keyed(
                     &shard,
@@ -294,15 +299,11 @@ pub fn keyed_job(
                     Some(&mut ends),
                     mode,
                     &mut effects,
+                    budget,
                 );
             }
             let failure = shard.durable(effects.durable_at, false).await.err();
-            Box::new(Replies {
-                bytes: out.take(),
-                ends,
-                effects,
-                failure,
-            }) as Payload
+            Box::new(finished(&mut out, ends, effects, calls, failure)) as Payload
         }))
     }
 }
