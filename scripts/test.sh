@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-valkey.sh
-cargo test --release --all-targets "$@"
+cargo test --release --all-targets --features fault-injection "$@"

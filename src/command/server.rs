@@ -583,6 +583,10 @@ fn debug(session: &mut Session, args: &Args) -> CommandResult {
         session.out.ok();
         return Ok(());
     }
+    #[cfg(feature = "fault-injection")]
+    if args.is(1, "fault") {
+        return debug_fault(session, args);
+    }
     if args.is(1, "help") && args.len() == 2 {
         session.reply_help(
             "DEBUG",
@@ -696,4 +700,45 @@ fn waitaof(session: &mut Session, args: Args) -> CoordFuture<'_> {
         session.out.int(replicas_acked);
         Ok(())
     })
+}
+
+/// `DEBUG FAULT <shard> stall|resume|fail-write|fail-sync [count] [EIO|ENOSPC]` (tests only).
+#[cfg(feature = "fault-injection")]
+fn debug_fault(session: &mut Session, args: &Args) -> CommandResult {
+    let shard = args
+        .text(2)
+        .parse::<usize>()
+        .ok()
+        .filter(|&s| s < session.shard.count())
+        .ok_or(CommandError::Syntax)?;
+    let action = args.text(3).to_ascii_lowercase();
+    let count: u32 = if args.len() > 4 {
+        args.text(4).parse().map_err(|_| CommandError::Syntax)?
+    } else {
+        1
+    };
+    let errno = match args.text(5).to_ascii_uppercase().as_str() {
+        "" | "EIO" => libc::EIO,
+        "ENOSPC" => libc::ENOSPC,
+        _ => return Err(CommandError::Syntax),
+    };
+    if !["stall", "resume", "fail-write", "fail-sync"].contains(&action.as_str()) {
+        return Err(CommandError::Syntax);
+    }
+    session.shard.post(shard, move |_| {
+        crate::storage::faults::with(|f| match action.as_str() {
+            "stall" => f.stall = true,
+            "resume" => f.stall = false,
+            "fail-write" => {
+                f.fail_writes = count;
+                f.errno = errno;
+            }
+            _ => {
+                f.fail_syncs = count;
+                f.errno = errno;
+            }
+        })
+    });
+    session.out.ok();
+    Ok(())
 }

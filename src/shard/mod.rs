@@ -102,7 +102,11 @@ impl Shard {
         let version = self.server.config.version();
         let mut cached = self.config.borrow_mut();
         if cached.0 != version {
-            *cached = (version, Rc::new(Config::clone(&self.server.config.get())));
+            let fresh = Rc::new(Config::clone(&self.server.config.get()));
+            if let Some(aof) = self.aof.borrow_mut().as_mut() {
+                aof.set_mode(fresh.appendfsync);
+            }
+            *cached = (version, fresh);
         }
         Rc::clone(&cached.1)
     }

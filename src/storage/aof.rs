@@ -179,6 +179,22 @@ impl Aof {
         self.end
     }
 
+    /// Switches the fsync mode (CONFIG SET appendfsync) and wakes the loop to apply it.
+    pub fn set_mode(&mut self, mode: FsyncMode) {
+        if self.mode != mode {
+            self.mode = mode;
+            if mode != FsyncMode::Always {
+                self.dirty.clear();
+            }
+            self.wake_loop();
+        }
+    }
+
+    /// Bytes appended but not yet handed to the commit loop.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     /// For the commit loop: whether records wait to be written.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

@@ -62,6 +62,8 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
             let _ = writer.sync().await;
             return;
         }
+        #[cfg(feature = "fault-injection")]
+        wait_while_stalled().await;
         let (bytes, end, records, urgent) = match shard.with_aof(|a| {
             let (bytes, end, records) = a.take_pending();
             (bytes, end, records, a.take_urgent())
@@ -73,7 +75,14 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
         to_write.extend_from_slice(&bytes);
         state.unsynced_records += records;
         if !to_write.is_empty() {
-            if let Err(e) = writer.write(&to_write).await {
+            #[cfg(feature = "fault-injection")]
+            let written = match injected(super::faults::Point::Write) {
+                Some(e) => Err(e),
+                None => writer.write(&to_write).await,
+            };
+            #[cfg(not(feature = "fault-injection"))]
+            let written = writer.write(&to_write).await;
+            if let Err(e) = written {
                 fail(
                     &shard,
                     &mut writer,
@@ -100,7 +109,14 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
             continue;
         }
         let started = Instant::now();
-        match writer.sync().await {
+        #[cfg(feature = "fault-injection")]
+        let synced = match injected(super::faults::Point::Sync) {
+            Some(e) => Err(e),
+            None => writer.sync().await,
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let synced = writer.sync().await;
+        match synced {
             Ok(()) => {
                 let records = std::mem::take(&mut state.unsynced_records);
                 let written = state.unsynced.len() as u64;
@@ -137,6 +153,19 @@ fn next_wait(mode: FsyncMode, state: &State, pending: bool) -> Option<Duration> 
         ),
         FsyncMode::No if pending => Some(NO_FSYNC_WRITE_INTERVAL),
         FsyncMode::Everysec | FsyncMode::No => None,
+    }
+}
+
+/// A fault armed for tests at `point` (always `None` without the fault-injection feature).
+#[cfg(feature = "fault-injection")]
+fn injected(point: super::faults::Point) -> Option<std::io::Error> {
+    super::faults::with(|f| f.take(point))
+}
+
+#[cfg(feature = "fault-injection")]
+async fn wait_while_stalled() {
+    while super::faults::with(|f| f.stall) {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -3,6 +3,8 @@
 
 pub mod aof;
 pub mod commit;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod manifest;
 pub mod open;
 pub mod record;

@@ -8,6 +8,7 @@ use super::stats::ShardStats;
 use crate::config::Config;
 use crate::server::state::{unix_us, ServerState};
 use crate::shard::Shard;
+use crate::storage::aof::Aof;
 
 /// What one shard reports for INFO.
 #[derive(Debug, Clone)]
@@ -27,6 +28,45 @@ pub struct ShardSnapshot {
     pub max_output_buffer: usize,
     pub cpu_user_s: f64,
     pub cpu_sys_s: f64,
+    pub aof: Option<AofSnapshot>,
+}
+
+/// The state of one shard's log, for INFO persistence.
+#[derive(Debug, Clone)]
+pub struct AofSnapshot {
+    pub durable: u64,
+    pub end: u64,
+    pub size_bytes: u64,
+    pub pending_bytes: usize,
+    pub fsyncs: u64,
+    pub records_synced: u64,
+    pub write_errors: u64,
+    pub failure: Option<String>,
+    /// fdatasync latency percentiles (p50, p99, p99.9) in microseconds.
+    pub fsync_us: (u64, u64, u64),
+}
+
+impl AofSnapshot {
+    fn take(aof: &Aof) -> AofSnapshot {
+        let percentile = |q: f64| {
+            aof.stats
+                .fsync_latency_us
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map_or(0, |h| h.value_at_quantile(q))
+        };
+        AofSnapshot {
+            durable: aof.durable(),
+            end: aof.end(),
+            size_bytes: aof.size_bytes,
+            pending_bytes: aof.pending_bytes(),
+            fsyncs: aof.stats.fsyncs,
+            records_synced: aof.stats.records_synced,
+            write_errors: aof.stats.write_errors,
+            failure: aof.failure().map(|f| f.message.clone()),
+            fsync_us: (percentile(0.5), percentile(0.99), percentile(0.999)),
+        }
+    }
 }
 
 impl ShardSnapshot {
@@ -67,6 +107,7 @@ impl ShardSnapshot {
                 .unwrap_or(0),
             cpu_user_s: user,
             cpu_sys_s: sys,
+            aof: shard.aof().as_ref().map(AofSnapshot::take),
         }
     }
 }
@@ -174,7 +215,7 @@ pub fn render(
             "server" => server_section(&mut out, server, config),
             "clients" => clients_section(&mut out, shards, config),
             "memory" => memory_section(&mut out),
-            "persistence" => persistence_section(&mut out),
+            "persistence" => persistence_section(&mut out, shards, server, config),
             "stats" => stats_section(&mut out, shards, &total),
             "replication" => replication_section(&mut out, server),
             "cpu" => cpu_section(&mut out),
@@ -314,13 +355,43 @@ fn memory_section(out: &mut String) {
     field!(out, "lazyfree_pending_objects", 0);
 }
 
-fn persistence_section(out: &mut String) {
+fn persistence_section(
+    out: &mut String,
+    shards: &[ShardSnapshot],
+    server: &ServerState,
+    config: &Config,
+) {
+    let logs: Vec<&AofSnapshot> = shards.iter().filter_map(|s| s.aof.as_ref()).collect();
+    let failed = logs.iter().any(|a| a.failure.is_some());
     out.push_str("# Persistence\r\n");
-    field!(out, "loading", 0);
-    field!(out, "async_loading", 0);
-    field!(out, "rdb_bgsave_in_progress", 0);
-    field!(out, "rdb_saves", 0);
-    field!(out, "aof_enabled", 0);
+    // corekv never forks and never writes RDB snapshots: those fields keep their idle values.
+    for (name, value) in [
+        ("loading", "0"),
+        ("async_loading", "0"),
+        ("current_cow_peak", "0"),
+        ("current_cow_size", "0"),
+        ("current_cow_size_age", "0"),
+        ("current_fork_perc", "0.00"),
+        ("current_save_keys_processed", "0"),
+        ("current_save_keys_total", "0"),
+        ("rdb_changes_since_last_save", "0"),
+        ("rdb_bgsave_in_progress", "0"),
+    ] {
+        field!(out, name, value);
+    }
+    field!(out, "rdb_last_save_time", server.started_unix_s);
+    for (name, value) in [
+        ("rdb_last_bgsave_status", "ok"),
+        ("rdb_last_bgsave_time_sec", "-1"),
+        ("rdb_current_bgsave_time_sec", "-1"),
+        ("rdb_saves", "0"),
+        ("rdb_last_cow_size", "0"),
+        ("rdb_last_load_keys_expired", "0"),
+        ("rdb_last_load_keys_loaded", "0"),
+    ] {
+        field!(out, name, value);
+    }
+    field!(out, "aof_enabled", i64::from(!logs.is_empty()));
     field!(out, "aof_rewrite_in_progress", 0);
     field!(out, "aof_rewrite_scheduled", 0);
     field!(out, "aof_last_rewrite_time_sec", -1);
@@ -328,7 +399,55 @@ fn persistence_section(out: &mut String) {
     field!(out, "aof_last_bgrewrite_status", "ok");
     field!(out, "aof_rewrites", 0);
     field!(out, "aof_rewrites_consecutive_failures", 0);
-    field!(out, "aof_last_write_status", "ok");
+    field!(
+        out,
+        "aof_last_write_status",
+        if failed { "err" } else { "ok" }
+    );
+    field!(out, "aof_last_cow_size", 0);
+    field!(out, "module_fork_in_progress", 0);
+    field!(out, "module_fork_last_cow_size", 0);
+    if !config.appendonly {
+        return;
+    }
+    field!(
+        out,
+        "aof_current_size",
+        logs.iter().map(|a| a.size_bytes).sum::<u64>()
+    );
+    field!(out, "aof_base_size", 0);
+    field!(out, "aof_pending_rewrite", 0);
+    field!(
+        out,
+        "aof_buffer_length",
+        logs.iter().map(|a| a.pending_bytes).sum::<usize>()
+    );
+    field!(out, "aof_pending_bio_fsync", 0);
+    field!(out, "aof_delayed_fsync", 0);
+    for s in shards {
+        let Some(a) = &s.aof else {
+            continue;
+        };
+        let per_fsync = if a.fsyncs > 0 {
+            a.records_synced as f64 / a.fsyncs as f64
+        } else {
+            0.0
+        };
+        let _ = write!(
+            out,
+            "aof_shard{}:durable_offset={},end_offset={},fsyncs={},writes_per_fsync={per_fsync:.2},\
+             fsync_p50_us={},fsync_p99_us={},fsync_p999_us={},write_errors={},last_write_status={}\r\n",
+            s.index,
+            a.durable,
+            a.end,
+            a.fsyncs,
+            a.fsync_us.0,
+            a.fsync_us.1,
+            a.fsync_us.2,
+            a.write_errors,
+            a.failure.as_deref().unwrap_or("ok"),
+        );
+    }
 }
 
 fn stats_section(out: &mut String, shards: &[ShardSnapshot], total: &ShardStats) {

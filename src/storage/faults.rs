@@ -1,0 +1,48 @@
+//! Test-only fault injection for the log (`--features fault-injection`, `DEBUG FAULT …`): stall
+//! a shard's commit loop, or make its next writes or syncs fail with a chosen OS error.
+
+use std::cell::RefCell;
+
+/// Faults armed on one shard.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The commit loop writes and syncs nothing while set.
+    pub stall: bool,
+    /// That many next writes fail with `errno`.
+    pub fail_writes: u32,
+    /// That many next syncs fail with `errno`.
+    pub fail_syncs: u32,
+    pub errno: i32,
+}
+
+/// Where the commit loop asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    Write,
+    Sync,
+}
+
+impl Faults {
+    /// The error to return at `point`, if one is armed (consumes it).
+    pub fn take(&mut self, point: Point) -> Option<std::io::Error> {
+        let left = match point {
+            Point::Write => &mut self.fail_writes,
+            Point::Sync => &mut self.fail_syncs,
+        };
+        if *left == 0 {
+            return None;
+        }
+        *left -= 1;
+        Some(std::io::Error::from_raw_os_error(self.errno))
+    }
+}
+
+thread_local! {
+    /// Each shard thread's faults.
+    static FAULTS: RefCell<Faults> = RefCell::new(Faults::default());
+}
+
+/// Runs `f` on this shard thread's faults.
+pub fn with<R>(f: impl FnOnce(&mut Faults) -> R) -> R {
+    FAULTS.with(|faults| f(&mut faults.borrow_mut()))
+}
