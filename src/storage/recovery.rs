@@ -68,20 +68,21 @@ impl Board {
         }
     }
 
-    /// Publishes a shard's durable transaction parts (empty and `failed` on error) and waits
-    /// for every shard. Returns false if any shard failed.
-    fn publish_and_wait(
-        &self,
-        shard: usize,
-        tags: HashSet<TxTag>,
-        base_epoch: u64,
-        failed: bool,
-    ) -> bool {
+    /// Records what a shard's scan found (its transaction parts and snapshot epoch).
+    pub fn publish(&self, shard: usize, scan: &Scan) {
         if let Ok(mut all) = self.tags.lock() {
-            all[shard] = tags;
+            all[shard] = scan.tags.clone();
         }
         if let Ok(mut epochs) = self.base_epochs.lock() {
-            epochs[shard] = base_epoch;
+            epochs[shard] = scan.base_epoch;
+        }
+    }
+
+    /// Publishes a shard's scan (nothing and `failed` on error) and waits for every shard.
+    /// Returns false if any shard failed.
+    fn publish_and_wait(&self, shard: usize, scan: Option<&Scan>, failed: bool) -> bool {
+        if let Some(scan) = scan {
+            self.publish(shard, scan);
         }
         if failed {
             if let Ok(mut f) = self.failed.lock() {
@@ -106,12 +107,6 @@ impl Board {
     }
 }
 
-/// A scanned record and where it came from (for messages).
-struct Scanned {
-    record: Record,
-    segment: usize,
-}
-
 /// The result of loading one shard.
 pub struct Loaded {
     /// Log position where appending continues.
@@ -120,12 +115,11 @@ pub struct Loaded {
     /// The segment to append to and its first position.
     pub segment_path: PathBuf,
     pub segment_start: u64,
-    pub records: u64,
-    pub skipped_tx_parts: u64,
     pub bytes: u64,
 }
 
-/// Scans, agrees and replays shard `shard`'s chain into `dbs`.
+/// Scans, agrees and replays shard `shard`'s chain into `dbs` (every shard thread calls this
+/// at the same time: they meet on `board`).
 pub fn load(
     shard: usize,
     dir: &Path,
@@ -135,23 +129,55 @@ pub fn load(
     config: &Config,
 ) -> Result<Loaded, RecoveryError> {
     let started = Instant::now();
-    let scanned = scan(shard, dir, chain, config.aof_load_truncated);
-    let (tags, base_epoch) = match &scanned {
-        Ok(s) => (s.tags.clone(), chain.base.as_ref().map_or(0, |b| b.epoch)),
-        Err(_) => (HashSet::new(), 0),
-    };
-    let all_ok = board.publish_and_wait(shard, tags, base_epoch, scanned.is_err());
+    let scanned = scan_chain(shard, dir, chain, config.aof_load_truncated);
+    let all_ok = board.publish_and_wait(shard, scanned.as_ref().ok(), scanned.is_err());
     let scan = scanned?;
     if !all_ok {
         return Err(RecoveryError::OtherShard);
     }
+    let skipped = replay(&scan, board, dir, chain, dbs, config)?;
+    if skipped > 0 {
+        log::warn!(
+            "Shard {shard}: skipped {skipped} cross-shard transaction part(s) whose other parts \
+             never reached disk"
+        );
+    }
+    let last = chain.segments.last().ok_or_else(|| RecoveryError::File {
+        file: dir.to_path_buf(),
+        reason: format!("shard {shard} has no segment in the manifest"),
+    })?;
+    let bytes = scan.end - chain.segments.first().map_or(0, |s| s.start);
+    log::info!(
+        "Shard {shard}: loaded {} record(s), {bytes} bytes of AOF, in {:.3} seconds",
+        scan.records.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Loaded {
+        end: scan.end,
+        last_batch: scan.last_batch,
+        segment_path: dir.join(&last.file),
+        segment_start: last.start,
+        bytes,
+    })
+}
+
+/// Applies a scanned chain (its base first) to `dbs`; returns how many transaction parts were
+/// skipped because their other parts never reached disk.
+pub fn replay(
+    scan: &Scan,
+    board: &Board,
+    dir: &Path,
+    chain: &Chain,
+    dbs: &mut [Db],
+    config: &Config,
+) -> Result<u64, RecoveryError> {
     let mut replay = Replay::new(dbs, config);
     if let Some(base) = &chain.base {
         load_base(&dir.join(&base.file), &mut replay)?;
     }
     let mut skipped = 0;
-    for s in &scan.records {
-        match &s.record.body {
+    for record in &scan.records {
+        match &record.body {
             Body::Commands(commands) => replay.commands(commands),
             Body::TxPart {
                 tx,
@@ -167,41 +193,20 @@ pub fn load(
             }
             Body::KeyState(state) => replay.key_state(state),
         }
-        let _ = s.segment;
     }
     replay.finish();
-    if skipped > 0 {
-        log::warn!(
-            "Shard {shard}: skipped {skipped} cross-shard transaction part(s) whose other parts \
-             never reached disk"
-        );
-    }
-    let last = chain.segments.last().ok_or_else(|| RecoveryError::File {
-        file: dir.to_path_buf(),
-        reason: format!("shard {shard} has no segment in the manifest"),
-    })?;
-    log::info!(
-        "Shard {shard}: loaded {} record(s), {} bytes of AOF, in {:.3} seconds",
-        scan.records.len(),
-        scan.end - chain.segments.first().map_or(0, |s| s.start),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(Loaded {
-        end: scan.end,
-        last_batch: scan.last_batch,
-        segment_path: dir.join(&last.file),
-        segment_start: last.start,
-        records: scan.records.len() as u64,
-        skipped_tx_parts: skipped,
-        bytes: scan.end - chain.segments.first().map_or(0, |s| s.start),
-    })
+    Ok(skipped)
 }
 
-struct ScanResult {
-    records: Vec<Scanned>,
-    tags: HashSet<TxTag>,
-    end: u64,
-    last_batch: u32,
+/// A shard's chain, read and checked.
+pub struct Scan {
+    pub records: Vec<Record>,
+    /// The cross-shard transactions it holds a part of.
+    pub tags: HashSet<TxTag>,
+    /// Log position after the last valid record.
+    pub end: u64,
+    pub last_batch: u32,
+    pub base_epoch: u64,
 }
 
 /// A segment's records area (after its header) and its first position.
@@ -230,22 +235,25 @@ fn read_segment(shard: usize, dir: &Path, segment: &Segment) -> Result<SegmentDa
     })
 }
 
-fn scan(
+/// Reads and checks a shard's chain. A torn tail ends the scan (or is an error if
+/// `cut_torn_tail` is false); corruption followed by later commits is always an error.
+pub fn scan_chain(
     shard: usize,
     dir: &Path,
     chain: &Chain,
     cut_torn_tail: bool,
-) -> Result<ScanResult, RecoveryError> {
+) -> Result<Scan, RecoveryError> {
     let segments: Vec<SegmentData> = chain
         .segments
         .iter()
         .map(|s| read_segment(shard, dir, s))
         .collect::<Result<_, _>>()?;
-    let mut result = ScanResult {
+    let mut result = Scan {
         records: Vec::new(),
         tags: HashSet::new(),
         end: segments.first().map_or(0, |s| s.start),
         last_batch: 0,
+        base_epoch: chain.base.as_ref().map_or(0, |b| b.epoch),
     };
     for (index, seg) in segments.iter().enumerate() {
         if seg.start != result.end {
@@ -266,10 +274,7 @@ fn scan(
                         result.tags.insert(*tx);
                     }
                     result.last_batch = record.batch;
-                    result.records.push(Scanned {
-                        record,
-                        segment: index,
-                    });
+                    result.records.push(record);
                     at += len;
                     result.end = seg.start + at as u64;
                 }

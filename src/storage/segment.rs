@@ -39,6 +39,20 @@ fn header(shard: usize, start: u64) -> Vec<u8> {
     h
 }
 
+/// The shard and start position a segment's header names, if it is one.
+pub fn header_fields(block: &[u8]) -> Option<(usize, u64)> {
+    if block.len() < 28 || &block[..8] != MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes([block[24], block[25], block[26], block[27]]);
+    if crc != crc32c::crc32c(&block[..24]) {
+        return None;
+    }
+    let shard = u64::from_le_bytes(block[8..16].try_into().ok()?);
+    let start = u64::from_le_bytes(block[16..24].try_into().ok()?);
+    Some((usize::try_from(shard).ok()?, start))
+}
+
 /// Checks a segment's header block: magic, shard and start position.
 pub fn check_header(block: &[u8], shard: usize, start: u64) -> Result<(), String> {
     if block.len() < 28 || &block[..8] != MAGIC {
