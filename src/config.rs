@@ -55,6 +55,8 @@ pub struct Config {
     pub appendfsync: FsyncMode,
     pub appenddirname: String,
     pub aof_load_truncated: bool,
+    pub auto_aof_rewrite_percentage: u64,
+    pub auto_aof_rewrite_min_size: u64,
 }
 
 impl Default for Config {
@@ -80,6 +82,8 @@ impl Default for Config {
             appendfsync: FsyncMode::Everysec,
             appenddirname: "appendonlydir".to_string(),
             aof_load_truncated: true,
+            auto_aof_rewrite_percentage: 100,
+            auto_aof_rewrite_min_size: 64 * 1024 * 1024,
         }
     }
 }
@@ -310,6 +314,30 @@ pub static DIRECTIVES: &[Directive] = &[
         get: |c| yes_no(c.aof_load_truncated),
         set: |c, v| {
             c.aof_load_truncated = parse_bool(&v[0])?;
+            Ok(())
+        },
+    },
+    Directive {
+        name: "auto-aof-rewrite-percentage",
+        mutable: true,
+        multi_arg: false,
+        help: "rewrite a shard's log once it grew this much (percent) since its last rewrite; \
+               0 never (default 100)",
+        get: |c| c.auto_aof_rewrite_percentage.to_string(),
+        set: |c, v| {
+            c.auto_aof_rewrite_percentage =
+                int_in_range(&v[0], 0, i64::from(i32::MAX))?.unsigned_abs();
+            Ok(())
+        },
+    },
+    Directive {
+        name: "auto-aof-rewrite-min-size",
+        mutable: true,
+        multi_arg: false,
+        help: "no automatic rewrite of a shard's log smaller than this (default 64mb)",
+        get: |c| c.auto_aof_rewrite_min_size.to_string(),
+        set: |c, v| {
+            c.auto_aof_rewrite_min_size = memory_in_range(&v[0], 0, i64::MAX)?.unsigned_abs();
             Ok(())
         },
     },
@@ -576,7 +604,7 @@ fn apply_words(config: &mut Config, words: &[String]) -> Result<(), String> {
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Invocation {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -609,7 +637,7 @@ pub fn from_args(args: &[String]) -> Result<Invocation, ConfigError> {
             reason,
         })?;
     }
-    Ok(Invocation::Run(config))
+    Ok(Invocation::Run(Box::new(config)))
 }
 
 /// Groups `--name v1 v2 --other v3` into `[[name, v1, v2], [other, v3]]`.
@@ -737,7 +765,7 @@ mod tests {
 
     fn run(list: &[&str]) -> Result<Config, ConfigError> {
         match from_args(&args(list))? {
-            Invocation::Run(c) => Ok(c),
+            Invocation::Run(c) => Ok(*c),
             other => panic!("unexpected {other:?}"),
         }
     }

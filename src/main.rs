@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             println!("corekv-server v={}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Invocation::Run(config) => config,
+        Invocation::Run(config) => *config,
     };
     let config_file = args
         .first()

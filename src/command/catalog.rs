@@ -527,6 +527,20 @@ pub static CATALOG: &[Meta] = &[
         },
     },
     Meta {
+        name: "bgrewriteaof",
+        arity: 1,
+        flags: ADMIN | NOSCRIPT | NO_ASYNC_LOADING,
+        acl: &["admin", "slow", "dangerous"],
+        tips: &[],
+        key_specs: &[],
+        doc: Doc {
+            summary: "Rewrites every shard's append-only log into a compact base, in the background.",
+            since: "1.0.0",
+            group: "server",
+            complexity: "O(1)",
+        },
+    },
+    Meta {
         name: "debug",
         arity: -2,
         flags: ADMIN | NOSCRIPT | LOADING | STALE,

@@ -1,8 +1,9 @@
-//! Server commands: INFO, CONFIG, COMMAND, DBSIZE, TIME, FLUSHDB, FLUSHALL, SWAPDB, SHUTDOWN
-//! and DEBUG.
+//! Server commands: INFO, CONFIG, COMMAND, DBSIZE, TIME, FLUSHDB, FLUSHALL, SWAPDB, SHUTDOWN,
+//! DEBUG, WAITAOF and BGREWRITEAOF.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::time::Duration;
 
 use super::args::{glob_match, parse_float};
@@ -16,14 +17,16 @@ use crate::shard::db::Db;
 use crate::shard::dict::Dict;
 use crate::shard::locks::Mode;
 use crate::shard::value::Value;
+use crate::shard::Shard;
 use crate::storage::record::TxTag;
+use crate::storage::rewrite::{self, Purpose};
 use crate::telemetry::info::{self, ShardSnapshot};
 
 pub static HANDLERS: &[(&str, Handler)] = &[
     ("info", Handler::Coord(info)),
     ("config", Handler::Container),
     ("config|get", Handler::Conn(config_get)),
-    ("config|set", Handler::Conn(config_set)),
+    ("config|set", Handler::Coord(config_set)),
     ("config|resetstat", Handler::Coord(config_resetstat)),
     ("config|help", Handler::Conn(config_help)),
     ("command", Handler::Conn(command_all)),
@@ -42,6 +45,7 @@ pub static HANDLERS: &[(&str, Handler)] = &[
     ("shutdown", Handler::Coord(shutdown)),
     ("debug", Handler::Conn(debug)),
     ("waitaof", Handler::Coord(waitaof)),
+    ("bgrewriteaof", Handler::Conn(bgrewriteaof)),
 ];
 
 type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
@@ -93,22 +97,71 @@ fn config_get(session: &mut Session, args: &Args) -> CommandResult {
     Ok(())
 }
 
-fn config_set(session: &mut Session, args: &Args) -> CommandResult {
-    if !args.len().is_multiple_of(2) {
-        return Err(CommandError::Syntax);
+fn config_set(session: &mut Session, args: Args) -> CoordFuture<'_> {
+    Box::pin(async move {
+        if !args.len().is_multiple_of(2) {
+            return Err(CommandError::Syntax);
+        }
+        let pairs: Vec<(String, String)> = (2..args.len())
+            .step_by(2)
+            .map(|i| (args.text(i), args.text(i + 1)))
+            .collect();
+        let server = &session.shard.server;
+        let was_on = server.config.get().appendonly;
+        server.config.set(&pairs).map_err(CommandError::Coded)?;
+        let config = server.config.get();
+        crate::server::logging::apply_level(config.loglevel);
+        match (was_on, config.appendonly) {
+            (true, false) => rewrite::stop_logs(&session.shard).await,
+            (false, true) => start_log(&session.shard),
+            _ => {}
+        }
+        session.out.ok();
+        Ok(())
+    })
+}
+
+/// Starts turning the log on in the background. If a rewrite still runs (an earlier attempt
+/// being cancelled), the cron starts it once that one is gone.
+pub fn start_log(shard: &Rc<Shard>) {
+    if shard.server.rewrite.try_begin() {
+        let shards = (0..shard.count()).collect();
+        glommio::spawn_local(rewrite::run(Rc::clone(shard), Purpose::TurnOn, shards)).detach();
     }
-    let pairs: Vec<(String, String)> = (2..args.len())
-        .step_by(2)
-        .map(|i| (args.text(i), args.text(i + 1)))
-        .collect();
-    session
-        .shard
-        .server
-        .config
-        .set(&pairs)
-        .map_err(CommandError::Coded)?;
-    crate::server::logging::apply_level(session.shard.server.config.get().loglevel);
-    session.out.ok();
+}
+
+/// BGREWRITEAOF: every shard's log is rewritten in the background.
+fn bgrewriteaof(session: &mut Session, _args: &Args) -> CommandResult {
+    let status = &session.shard.server.rewrite;
+    if status.in_progress() {
+        return Err(CommandError::err(
+            "Background append only file rewriting already in progress",
+        ));
+    }
+    if session.shard.aof().is_none() {
+        return Err(CommandError::err(
+            "Background append only file rewriting needs the append-only log: it is off \
+             (CONFIG SET appendonly yes turns it on)",
+        ));
+    }
+    if !status.try_begin() {
+        return Err(CommandError::err(
+            "Background append only file rewriting already in progress",
+        ));
+    }
+    let shards = (0..session.shard.count()).collect();
+    glommio::spawn_local(rewrite::run(
+        Rc::clone(&session.shard),
+        Purpose::Compact,
+        shards,
+    ))
+    .detach();
+    // Inside EXEC the rewrite's cut waits for the transaction's locks, as Valkey defers it.
+    session.out.simple(if session.in_exec {
+        "Background append only file rewriting scheduled"
+    } else {
+        "Background append only file rewriting started"
+    });
     Ok(())
 }
 

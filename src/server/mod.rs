@@ -155,6 +155,12 @@ pub fn run(config: Config, config_file: String) -> Result<(), StartError> {
     let server = Arc::new(ServerState::new(config, shard_cpus.clone(), config_file));
     if let Some(log) = &log {
         server.set_generation(log.manifest.generation);
+        server
+            .rewrite
+            .set_files(Some(crate::storage::rewrite::LogFiles {
+                dir: log.dir.clone(),
+                manifest: log.manifest.clone(),
+            }));
     }
     let log = log.map(Arc::new);
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, LiveConfig};
+use crate::storage::rewrite::RewriteStatus;
 
 /// Process-wide state.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct ServerState {
     generation: AtomicU32,
     connected_clients: AtomicU64,
     shutdown_requested: Arc<AtomicBool>,
+    /// The log's files and the rewrite in progress.
+    pub rewrite: RewriteStatus,
 }
 
 impl ServerState {
@@ -50,6 +53,7 @@ impl ServerState {
             generation: AtomicU32::new(0),
             connected_clients: AtomicU64::new(0),
             shutdown_requested: Arc::new(AtomicBool::new(false)),
+            rewrite: RewriteStatus::default(),
         }
     }
 

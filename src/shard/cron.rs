@@ -1,5 +1,5 @@
 //! The shard's background tick (`hz` times a second): active expiry, incremental rehashing,
-//! ops/sec sampling and idle-client timeouts. Every step has a time budget so that a tick never
+//! ops/sec sampling, idle-client timeouts and automatic log rewrites. Every step has a time budget so that a tick never
 //! stalls the shard's clients for long.
 
 use std::rc::Rc;
@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{exec, Shard};
 use crate::server::state::unix_ms;
+use crate::storage::rewrite::{self, Purpose};
 
 /// Keys with a TTL looked at per expiry step (Valkey samples 20).
 const EXPIRE_SAMPLE_KEYS: usize = 20;
@@ -28,13 +29,50 @@ pub async fn run(shard: Rc<Shard>) {
     }
 }
 
-fn tick(shard: &Shard, period: Duration) {
+fn tick(shard: &Rc<Shard>, period: Duration) {
     shard.refresh_clock();
     let started = Instant::now();
     active_expire(shard, period * EXPIRE_TIME_PERCENT / 100);
     rehash(shard);
     shard.stats.borrow_mut().sample_ops(started);
     close_idle_clients(shard);
+    start_rewrites(shard);
+}
+
+/// Starts the log if it should run and does not (an earlier start failed), or a rewrite of
+/// this shard's log once it grew past auto-aof-rewrite-percentage.
+fn start_rewrites(shard: &Rc<Shard>) {
+    let config = shard.config();
+    let status = &shard.server.rewrite;
+    if !config.appendonly || status.in_progress() || !status.auto_allowed(unix_ms()) {
+        return;
+    }
+    let purpose = match shard.with_aof(|a| {
+        rewrite::wants_auto_rewrite(
+            a,
+            config.auto_aof_rewrite_percentage,
+            config.auto_aof_rewrite_min_size,
+        )
+    }) {
+        None if shard.index() == 0 => Purpose::TurnOn,
+        Some(true) => Purpose::Compact,
+        _ => return,
+    };
+    if !status.try_begin() {
+        return;
+    }
+    let shards = match purpose {
+        Purpose::TurnOn => (0..shard.count()).collect(),
+        Purpose::Compact => {
+            log::info!(
+                "Starting automatic rewriting of the AOF of shard {} on {}% growth",
+                shard.index(),
+                config.auto_aof_rewrite_percentage
+            );
+            vec![shard.index()]
+        }
+    };
+    glommio::spawn_local(rewrite::run(Rc::clone(shard), purpose, shards)).detach();
 }
 
 fn active_expire(shard: &Shard, budget: Duration) {

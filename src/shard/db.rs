@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use super::dict::Dict;
 use super::small_bytes::SmallBytes;
 use super::value::Value;
+use crate::storage::snapshot::DbSnapshot;
 
 /// A connection, as WATCH knows it.
 pub type ClientId = u64;
@@ -51,6 +52,8 @@ pub struct Db {
     /// Keys deleted because they expired, not yet logged (only while `log_expired`).
     expired: Vec<Vec<u8>>,
     log_expired: bool,
+    /// A rewrite's copy of this database in progress: keys are preserved before they change.
+    snapshot: Option<DbSnapshot>,
 }
 
 impl Db {
@@ -79,6 +82,31 @@ impl Db {
     /// Changes made to keys so far (expirations aside).
     pub fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// Before `key` changes: a rewrite in progress keeps its state as of the cut.
+    fn preserve(&mut self, key: &[u8]) {
+        if let Some(snapshot) = self.snapshot.as_mut() {
+            snapshot.preserve(key, &self.keys, &self.expires);
+        }
+    }
+
+    /// Starts copying this database for a rewrite (at the cut).
+    pub fn start_snapshot(&mut self, snapshot: DbSnapshot) {
+        self.snapshot = Some(snapshot);
+    }
+
+    /// Copies up to `steps` buckets; true once the copy is complete.
+    pub fn snapshot_step(&mut self, steps: usize) -> bool {
+        match self.snapshot.as_mut() {
+            Some(s) => s.step(&self.keys, &self.expires, steps),
+            None => true,
+        }
+    }
+
+    /// Ends the copy (complete or abandoned).
+    pub fn finish_snapshot(&mut self) {
+        self.snapshot = None;
     }
 
     /// While loading, nothing expires.
@@ -112,6 +140,7 @@ impl Db {
         if !self.is_expired(key, now_ms) {
             return false;
         }
+        self.preserve(key);
         self.keys.remove(key);
         self.expires.remove(key);
         self.stats.expired_keys += 1;
@@ -158,6 +187,7 @@ impl Db {
         if !self.watches.by_key.is_empty() && self.keys.contains_key(key) {
             self.touch(key);
         }
+        self.preserve(key);
         let value = self.keys.get_mut(key);
         if value.is_some() {
             self.changes += 1;
@@ -167,6 +197,7 @@ impl Db {
 
     /// Stores `value` at `key`. The key's TTL is dropped unless `keep_ttl`.
     pub fn set(&mut self, key: &[u8], value: Value, keep_ttl: bool) {
+        self.preserve(key);
         self.changes += 1;
         self.keys.insert(SmallBytes::new(key), value);
         if !keep_ttl && !self.expires.is_empty() {
@@ -185,6 +216,7 @@ impl Db {
 
     /// Deletes `key` whatever its expiry, returning its value and expiry time.
     pub fn remove_entry(&mut self, key: &[u8]) -> Option<(Value, Option<i64>)> {
+        self.preserve(key);
         let (_, value) = self.keys.remove(key)?;
         let expire = self.expires.remove(key).map(|(_, at)| at);
         self.changes += 1;
@@ -203,6 +235,7 @@ impl Db {
     /// Sets the expiry of an existing key.
     pub fn set_expire(&mut self, key: &[u8], at_ms: i64) {
         if self.keys.contains_key(key) {
+            self.preserve(key);
             self.expires.insert(SmallBytes::new(key), at_ms);
             self.changes += 1;
             self.touch(key);
@@ -211,6 +244,7 @@ impl Db {
 
     /// Removes the expiry of `key`; true if it had one.
     pub fn persist(&mut self, key: &[u8]) -> bool {
+        self.preserve(key);
         let had = self.expires.remove(key).is_some();
         if had {
             self.changes += 1;
@@ -221,6 +255,9 @@ impl Db {
 
     /// Empties the database, returning the old contents so the caller may free them elsewhere.
     pub fn flush(&mut self) -> (Dict<Value>, Dict<i64>) {
+        if let Some(snapshot) = self.snapshot.as_mut() {
+            snapshot.preserve_all(&self.keys, &self.expires);
+        }
         let watched: Vec<Vec<u8>> = self
             .watches
             .by_key
@@ -242,6 +279,11 @@ impl Db {
     /// Swaps the contents (not the watches) of two databases, as SWAPDB does. Watched keys
     /// that exist in either are touched.
     pub fn swap_contents(a: &mut Db, b: &mut Db) {
+        for db in [&mut *a, &mut *b] {
+            if let Some(snapshot) = db.snapshot.as_mut() {
+                snapshot.preserve_all(&db.keys, &db.expires);
+            }
+        }
         let touched_a = a.watched_keys_present_in(b);
         let touched_b = b.watched_keys_present_in(a);
         a.changes += 1;

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::server::clients::ClientRegistry;
 use crate::server::state::{unix_ms, ServerState};
 use crate::storage::aof::{Aof, AofFailure};
+use crate::storage::rewrite::ShardRewrite;
 use crate::storage::FsyncMode;
 use crate::telemetry::stats::ShardStats;
 use db::Db;
@@ -44,6 +45,8 @@ pub struct Shard {
     next_tx: Cell<u64>,
     /// The append-only log, when `appendonly` is on.
     aof: RefCell<Option<Aof>>,
+    /// This shard's part of a rewrite in progress.
+    rewrite_job: RefCell<Option<ShardRewrite>>,
     /// An instant and the Unix time it stands for, refreshed every tick: one clock read gives
     /// both a monotonic instant and the wall-clock time (see [`Shard::now`]).
     clock_base: Cell<(Instant, i64)>,
@@ -66,6 +69,7 @@ impl Shard {
             clients: RefCell::new(ClientRegistry::default()),
             next_tx: Cell::new(1),
             aof: RefCell::new(None),
+            rewrite_job: RefCell::new(None),
             clock_base: Cell::new((Instant::now(), unix_ms())),
             server,
         }
@@ -135,6 +139,11 @@ impl Shard {
     /// The log, if on.
     pub fn aof(&self) -> RefMut<'_, Option<Aof>> {
         self.aof.borrow_mut()
+    }
+
+    /// This shard's part of a rewrite in progress.
+    pub fn rewrite_job(&self) -> RefMut<'_, Option<ShardRewrite>> {
+        self.rewrite_job.borrow_mut()
     }
 
     /// Runs `f` on the log, if on.

@@ -80,6 +80,14 @@ impl Transaction {
         self.tag
     }
 
+    /// Marks the transaction as writing nothing: it logs no parts (a rewrite's cut only needs
+    /// the locks).
+    pub fn log_nothing(&mut self) {
+        for (_, writer) in &mut self.shards {
+            *writer = false;
+        }
+    }
+
     fn writers(&self) -> Vec<u16> {
         self.shards
             .iter()

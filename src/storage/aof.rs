@@ -88,6 +88,8 @@ fn key_hash(db: usize, key: &[u8]) -> u64 {
 
 /// The log state of one shard.
 pub struct Aof {
+    /// Tells this log from one turned on after it (its commit loop ends with it).
+    pub instance: u64,
     pub shard: u16,
     pub generation: u32,
     pub epoch: u64,
@@ -110,8 +112,22 @@ pub struct Aof {
     kicked: bool,
     failure: Option<AofFailure>,
     pub stats: AofStats,
-    /// Bytes of the log files (INFO aof_current_size).
-    pub size_bytes: u64,
+    /// Log position where the chain's first segment starts.
+    pub chain_start: u64,
+    /// Bytes of the base (INFO aof_base_size).
+    pub base_bytes: u64,
+    /// [`Aof::size_bytes`] when the last rewrite ended (auto-aof-rewrite-percentage counts
+    /// growth from it).
+    pub rewrite_base_bytes: u64,
+    /// A rewrite cut at this position: the commit loop starts a new segment here.
+    roll_at: Option<u64>,
+    roll_waker: Option<Waker>,
+    /// The watermark may not pass this position (until the manifest names the files that hold
+    /// what lies beyond it).
+    hold: Option<u64>,
+    /// Everything before this position is on stable storage (`durable` may lag behind it while
+    /// held).
+    synced_to: u64,
 }
 
 impl Aof {
@@ -126,6 +142,7 @@ impl Aof {
         last_batch: u32,
     ) -> Aof {
         Aof {
+            instance: fastrand::u64(..),
             shard,
             generation,
             epoch,
@@ -147,13 +164,69 @@ impl Aof {
                 batch_records: hdrhistogram::Histogram::new_with_bounds(1, 10_000_000, 2).ok(),
                 ..AofStats::default()
             },
-            size_bytes: end,
+            chain_start: end,
+            base_bytes: 0,
+            rewrite_base_bytes: 0,
+            roll_at: None,
+            roll_waker: None,
+            hold: None,
+            synced_to: end,
         }
+    }
+
+    /// Rewrite cut: the log continues in a new segment from the current end, which is
+    /// returned. The watermark stops there until [`Aof::release_hold`].
+    pub fn request_roll(&mut self) -> u64 {
+        self.roll_at = Some(self.end);
+        self.hold = Some(self.end);
+        self.wake_loop();
+        self.end
+    }
+
+    /// For the commit loop: the position a new segment must start at, if a cut asks for one.
+    pub fn roll_at(&self) -> Option<u64> {
+        self.roll_at
+    }
+
+    /// For the commit loop: the new segment is open.
+    pub fn rolled(&mut self) {
+        self.roll_at = None;
+        self.failure = None;
+        if let Some(w) = self.roll_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Completes once the segment asked for by [`Aof::request_roll`] is open.
+    pub fn poll_rolled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.roll_at.is_none() {
+            return Poll::Ready(());
+        }
+        self.roll_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Keeps the watermark at or below `position` (a log being turned on holds it until its
+    /// first manifest is stored).
+    pub fn hold_at(&mut self, position: u64) {
+        self.hold = Some(position);
+    }
+
+    /// Lets the watermark move to everything synced.
+    pub fn release_hold(&mut self) {
+        self.hold = None;
+        let synced = self.synced_to;
+        self.publish(synced);
     }
 
     /// Log position after the last appended record.
     pub fn end(&self) -> u64 {
         self.end
+    }
+
+    /// Bytes of the log: base and appended records (INFO aof_current_size).
+    pub fn size_bytes(&self) -> u64 {
+        self.base_bytes + (self.end - self.chain_start)
     }
 
     /// The durable watermark.
@@ -317,8 +390,22 @@ impl Aof {
     }
 
     /// For the commit loop: takes the appended records (bytes, last position, record count)
-    /// and starts a new commit number for what comes next.
+    /// and starts a new commit number for what comes next. While a cut waits for its new
+    /// segment, only the records before the cut are taken (and the commit number stays: the
+    /// rest of it goes into the new segment).
     pub fn take_pending(&mut self) -> (Vec<u8>, u64, u64) {
+        if let Some(at) = self.roll_at {
+            let after = usize::try_from(self.end - at).unwrap_or(usize::MAX);
+            let before = self.pending.len().saturating_sub(after);
+            if before == 0 {
+                return (Vec::new(), at, 0);
+            }
+            let rest = self.pending.split_off(before);
+            let bytes = std::mem::replace(&mut self.pending, rest);
+            // Record counts only feed statistics: the split is charged to the first part.
+            let records = std::mem::take(&mut self.pending_records);
+            return (bytes, at, records);
+        }
         let bytes = std::mem::take(&mut self.pending);
         let records = std::mem::take(&mut self.pending_records);
         if !bytes.is_empty() {
@@ -343,10 +430,10 @@ impl Aof {
     /// For the commit loop: everything up to `position` is durable.
     pub fn synced(&mut self, position: u64, records: u64, latency: Duration) {
         assert!(
-            position >= self.durable,
+            position >= self.synced_to,
             "the durable watermark never moves back"
         );
-        self.durable = position;
+        self.synced_to = position;
         self.failure = None;
         self.stats.fsyncs += 1;
         self.stats.records_synced += records;
@@ -362,6 +449,16 @@ impl Aof {
                 let _ = h.record(records);
             }
         }
+        let visible = self.hold.map_or(position, |h| position.min(h));
+        self.publish(visible);
+    }
+
+    /// Moves the watermark to `position` and wakes who waited for it.
+    fn publish(&mut self, position: u64) {
+        if position <= self.durable {
+            return;
+        }
+        self.durable = position;
         let later = self.waiters.split_off(&(position + 1));
         let ready = std::mem::replace(&mut self.waiters, later);
         for slot in ready.into_values().flatten().filter_map(|w| w.upgrade()) {
@@ -371,8 +468,7 @@ impl Aof {
                 w.wake();
             }
         }
-        let durable = self.durable;
-        self.dirty.retain(|_, end| *end > durable);
+        self.dirty.retain(|_, end| *end > position);
     }
 
     /// For the commit loop: a write or sync failed. Whoever waits on what it carried (up to
@@ -394,15 +490,17 @@ impl Aof {
         self.failure = Some(failure);
     }
 
-    /// Turns the log off: waiters are released with `failure` (CONFIG SET appendonly no).
-    pub fn close(&mut self, failure: AofFailure) {
+    /// Turns the log off (CONFIG SET appendonly no): waiters are released, as there is
+    /// nothing left to wait for (WAITAOF then sees the log is off).
+    pub fn close(&mut self) {
+        self.rolled();
         for slot in std::mem::take(&mut self.waiters)
             .into_values()
             .flatten()
             .filter_map(|w| w.upgrade())
         {
             let mut slot = slot.borrow_mut();
-            slot.result = Some(Err(failure.clone()));
+            slot.result = Some(Ok(()));
             if let Some(w) = slot.waker.take() {
                 w.wake();
             }

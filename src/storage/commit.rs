@@ -50,20 +50,52 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
         last_sync: Instant::now(),
         retry_delay: None,
     };
+    let Some(instance) = shard.with_aof(|a| a.instance) else {
+        return;
+    };
+    let current = || shard.with_aof(|a| a.instance) == Some(instance);
     loop {
-        let Some(mode) = shard.aof_mode() else {
+        let Some(mode) = shard.aof_mode().filter(|_| current()) else {
             return;
         };
-        let pending = shard.with_aof(|a| a.has_pending()).unwrap_or(false);
-        let wait = next_wait(mode, &state, pending);
-        wait_for_work(&shard, wait).await;
-        if shard.aof_mode().is_none() {
+        let roll_at = shard.with_aof(|a| a.roll_at()).flatten();
+        if roll_at.is_none() || state.retry_delay.is_some() {
+            let pending = shard.with_aof(|a| a.has_pending()).unwrap_or(false);
+            let wait = next_wait(mode, &state, pending);
+            wait_for_work(&shard, wait).await;
+        }
+        if !current() {
             // Turned off: make what was written durable before leaving.
             let _ = writer.sync().await;
+            writer.close().await;
             return;
         }
         #[cfg(feature = "fault-injection")]
         wait_while_stalled().await;
+        // A rewrite cut: once everything before it is written and synced, the log goes on in
+        // a new segment.
+        let roll_at = shard.with_aof(|a| a.roll_at()).flatten();
+        if let Some(at) = roll_at {
+            if writer.end() == at && state.unsynced.is_empty() && state.rewrite.is_empty() {
+                match next_segment(&shard, &writer, at).await {
+                    Ok(next) => {
+                        std::mem::replace(&mut writer, next).close().await;
+                        synced_at = writer.checkpoint();
+                        state.retry_delay = None;
+                        shard.with_aof(|a| a.rolled());
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "Shard {}: can't start a new AOF segment: {e}; retrying",
+                            shard.index()
+                        );
+                        shard.with_aof(|a| a.failed(a.end(), &e));
+                        state.retry_delay = Some(next_retry_delay(state.retry_delay));
+                    }
+                }
+                continue;
+            }
+        }
         let (bytes, end, records, urgent) = match shard.with_aof(|a| {
             let (bytes, end, records) = a.take_pending();
             (bytes, end, records, a.take_urgent())
@@ -104,7 +136,8 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
                     urgent || waiting || state.last_sync.elapsed() >= EVERYSEC_INTERVAL
                 }
                 FsyncMode::No => urgent,
-            };
+            }
+            || !state.unsynced.is_empty() && roll_at.is_some();
         if !due {
             continue;
         }
@@ -122,7 +155,6 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
                 let written = state.unsynced.len() as u64;
                 shard.with_aof(|a| {
                     a.stats.bytes_written += written;
-                    a.size_bytes = writer.end();
                     a.synced(writer.end(), records, started.elapsed());
                 });
                 state.unsynced.clear();
@@ -204,9 +236,31 @@ fn fail(
     let mut rewrite = std::mem::take(&mut state.unsynced);
     rewrite.extend_from_slice(&again);
     state.rewrite = rewrite;
-    state.retry_delay = Some(
-        state
-            .retry_delay
-            .map_or(RETRY_DELAY_MIN, |d| (d * 2).min(RETRY_DELAY_MAX)),
-    );
+    state.retry_delay = Some(next_retry_delay(state.retry_delay));
+}
+
+/// Backoff between retries: from the shortest pause, doubling up to the longest.
+fn next_retry_delay(last: Option<Duration>) -> Duration {
+    last.map_or(RETRY_DELAY_MIN, |d| (d * 2).min(RETRY_DELAY_MAX))
+}
+
+/// Creates and opens the segment that continues the log at `start` (named by the shard's
+/// current epoch, next to the current one).
+async fn next_segment(
+    shard: &Shard,
+    current: &SegmentWriter,
+    start: u64,
+) -> std::io::Result<SegmentWriter> {
+    let epoch = shard.with_aof(|a| a.epoch).unwrap_or(0);
+    let index = shard.index();
+    let dir = current
+        .path()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let name = super::manifest::segment_name(index, epoch, start);
+    let path = glommio::executor()
+        .spawn_blocking(move || super::segment::create_file(&dir, &name, index, start))
+        .await?;
+    SegmentWriter::open(path, start, start).await
 }

@@ -9,8 +9,9 @@
 //! epoch 3
 //! shards 2
 //! base 0 3 shard0-base-3.base
-//! segment 0 0 shard0-00000000000000000000.log
-//! segment 1 0 shard1-00000000000000000000.log
+//! segment 0 81920 shard0-3-00000000000000081920.log
+//! segment 1 0 shard1-0-00000000000000000000.log
+//! segment 1 4096 shard1-2-00000000000000004096.log
 //! ```
 //!
 //! `generation` grows at every start (it makes transaction ids unique across restarts);
@@ -75,9 +76,16 @@ pub enum ManifestError {
     },
 }
 
-/// Segment file name for `shard` starting at `start`.
-pub fn segment_name(shard: usize, start: u64) -> String {
-    format!("shard{shard}-{start:020}.log")
+/// Segment file name for `shard` starting at `start`, opened at rewrite cut `epoch` (a log
+/// turned off and on again starts over at position 0: the epoch keeps the names apart).
+pub fn segment_name(shard: usize, epoch: u64, start: u64) -> String {
+    format!("shard{shard}-{epoch}-{start:020}.log")
+}
+
+/// Whether `name` is one of the log's own files (a segment, a base, a manifest being written).
+pub fn is_log_file_name(name: &str) -> bool {
+    name == TEMP_NAME
+        || name.starts_with("shard") && (name.ends_with(".log") || name.ends_with(".base"))
 }
 
 /// Base file name for `shard` at `epoch`.
@@ -96,7 +104,7 @@ impl Manifest {
                     base: None,
                     segments: vec![Segment {
                         start: 0,
-                        file: segment_name(s, 0),
+                        file: segment_name(s, 0, 0),
                     }],
                 })
                 .collect(),
@@ -202,6 +210,16 @@ impl Manifest {
         out
     }
 
+    /// Every file the manifest names.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.chains.iter().flat_map(|c| {
+            c.base
+                .iter()
+                .map(|b| b.file.as_str())
+                .chain(c.segments.iter().map(|s| s.file.as_str()))
+        })
+    }
+
     /// Replaces the manifest in `dir` atomically and durably.
     pub fn store(&self, dir: &Path) -> std::io::Result<()> {
         let temp = dir.join(TEMP_NAME);
@@ -242,7 +260,7 @@ mod tests {
         });
         m.chains[1].segments.push(Segment {
             start: 4096,
-            file: segment_name(1, 4096),
+            file: segment_name(1, 3, 4096),
         });
         assert_eq!(Manifest::parse(&m.render()), Ok(m.clone()));
         let dir = tempfile::tempdir().expect("tempdir");

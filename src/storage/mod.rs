@@ -9,7 +9,9 @@ pub mod manifest;
 pub mod open;
 pub mod record;
 pub mod recovery;
+pub mod rewrite;
 pub mod segment;
+pub mod snapshot;
 
 /// `appendfsync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

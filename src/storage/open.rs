@@ -55,6 +55,7 @@ pub fn prepare(config: &Config, shards: usize) -> Result<Option<LogStart>, Strin
             manifest.chains.len()
         ));
     }
+    super::rewrite::remove_unnamed_files(&dir, &manifest);
     manifest.generation = manifest.generation.wrapping_add(1);
     manifest
         .store(&dir)
@@ -95,7 +96,9 @@ pub async fn start_shard(shard: &Rc<Shard>, start: &LogStart) -> Result<(), Stri
         loaded.end,
         loaded.last_batch,
     );
-    aof.size_bytes = loaded.bytes;
+    aof.chain_start = loaded.chain_start;
+    aof.base_bytes = loaded.base_bytes;
+    aof.rewrite_base_bytes = aof.size_bytes();
     shard.set_aof(Some(aof));
     glommio::spawn_local(commit::run(Rc::clone(shard), writer)).detach();
     Ok(())

@@ -100,6 +100,8 @@ pub enum Invalid {
     Position,
     /// The checksum matches but the body cannot be read (a bug or a foreign file).
     Malformed,
+    /// Zeros where a record should start, with data after them.
+    Hole,
 }
 
 /// Result of reading at one position.
@@ -283,6 +285,33 @@ impl Cursor<'_> {
 }
 
 /// Reads the record at `buf[at..]`, which must have been written at log offset `position`.
+/// What a record header says about the bytes it starts, before any checking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// Zeros: no record here (the end of the written part of a segment).
+    End,
+    /// A record of this many bytes, header included, if it checks out.
+    Record(usize),
+    /// Not a record header.
+    Garbage,
+}
+
+/// Reads the frame of the record header `header` (`HEADER_BYTES` long).
+pub fn frame(header: &[u8]) -> Frame {
+    if header.len() < HEADER_BYTES {
+        return Frame::Garbage;
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    if len == 0 {
+        return if header.iter().all(|&b| b == 0) {
+            Frame::End
+        } else {
+            Frame::Garbage
+        };
+    }
+    Frame::Record(HEADER_BYTES - 1 + len as usize)
+}
+
 pub fn decode(buf: &Bytes, at: usize, position: u64) -> Read {
     let Some(header) = buf.get(at..at + HEADER_BYTES) else {
         return if buf

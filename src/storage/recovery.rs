@@ -115,7 +115,10 @@ pub struct Loaded {
     /// The segment to append to and its first position.
     pub segment_path: PathBuf,
     pub segment_start: u64,
-    pub bytes: u64,
+    /// Where the chain's first segment starts.
+    pub chain_start: u64,
+    /// Size of the base file (0 without one).
+    pub base_bytes: u64,
 }
 
 /// Scans, agrees and replays shard `shard`'s chain into `dbs` (every shard thread calls this
@@ -146,10 +149,15 @@ pub fn load(
         file: dir.to_path_buf(),
         reason: format!("shard {shard} has no segment in the manifest"),
     })?;
-    let bytes = scan.end - chain.segments.first().map_or(0, |s| s.start);
+    let chain_start = chain.segments.first().map_or(0, |s| s.start);
+    let base_bytes = chain.base.as_ref().map_or(0, |b| {
+        std::fs::metadata(dir.join(&b.file)).map_or(0, |m| m.len())
+    });
     log::info!(
-        "Shard {shard}: loaded {} record(s), {bytes} bytes of AOF, in {:.3} seconds",
+        "Shard {shard}: loaded a {base_bytes}-byte base and {} record(s), {} bytes of AOF, in \
+         {:.3} seconds",
         scan.records.len(),
+        scan.end - chain_start,
         started.elapsed().as_secs_f64()
     );
     Ok(Loaded {
@@ -157,7 +165,8 @@ pub fn load(
         last_batch: scan.last_batch,
         segment_path: dir.join(&last.file),
         segment_start: last.start,
-        bytes,
+        chain_start,
+        base_bytes,
     })
 }
 
@@ -218,7 +227,7 @@ struct SegmentData {
 
 fn read_segment(shard: usize, dir: &Path, segment: &Segment) -> Result<SegmentData, RecoveryError> {
     let path = dir.join(&segment.file);
-    let bytes = segment::read_file(&path).map_err(|e| RecoveryError::File {
+    let bytes = segment::read_used(&path).map_err(|e| RecoveryError::File {
         file: path.clone(),
         reason: e.to_string(),
     })?;
@@ -268,7 +277,13 @@ pub fn scan_chain(
         let mut at = 0usize;
         loop {
             let position = seg.start + at as u64;
-            match record::decode(&seg.data, at, position) {
+            let read = match record::decode(&seg.data, at, position) {
+                Read::End if seg.data[at..].iter().any(|&b| b != 0) => {
+                    Read::Invalid(record::Invalid::Hole)
+                }
+                read => read,
+            };
+            match read {
                 Read::Record(record, len) => {
                     if let Body::TxPart { tx, .. } = &record.body {
                         result.tags.insert(*tx);

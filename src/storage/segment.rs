@@ -85,11 +85,54 @@ pub fn create_file(dir: &Path, name: &str, shard: usize, start: u64) -> std::io:
     Ok(path)
 }
 
-/// Reads a whole segment with ordinary I/O (recovery and tools).
+/// Reads a whole file with ordinary I/O (bases, tools).
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Reads a segment up to the end of its records, following their lengths, without the zeros
+/// preallocated after them. Anything that does not look like a record makes it read the whole
+/// file, so that recovery can tell a torn tail from corruption.
+pub fn read_used(path: &Path) -> std::io::Result<Vec<u8>> {
+    const CHUNK: u64 = 1024 * 1024;
+    let mut file = File::open(path)?;
+    let mut bytes = Vec::new();
+    let mut eof = false;
+    let mut fill = |bytes: &mut Vec<u8>, wanted: usize| -> std::io::Result<bool> {
+        while bytes.len() < wanted && !eof {
+            let more = (wanted - bytes.len()) as u64;
+            let read = (&mut file).take(more.max(CHUNK)).read_to_end(bytes)?;
+            eof = read == 0;
+        }
+        Ok(bytes.len() >= wanted)
+    };
+    let mut at = HEADER_BYTES as usize;
+    loop {
+        if !fill(&mut bytes, at + super::record::HEADER_BYTES)? {
+            return Ok(bytes);
+        }
+        match super::record::frame(&bytes[at..at + super::record::HEADER_BYTES]) {
+            // Zeros up to the end of what was read: the end of the records. Data after zeros
+            // is damage: read everything.
+            super::record::Frame::End if bytes[at..].iter().all(|&b| b == 0) => return Ok(bytes),
+            super::record::Frame::End => {
+                fill(&mut bytes, usize::MAX)?;
+                return Ok(bytes);
+            }
+            super::record::Frame::Record(len) => {
+                if !fill(&mut bytes, at + len)? {
+                    return Ok(bytes);
+                }
+                at += len;
+            }
+            super::record::Frame::Garbage => {
+                fill(&mut bytes, usize::MAX)?;
+                return Ok(bytes);
+            }
+        }
+    }
 }
 
 /// A writer position to come back to.
@@ -231,6 +274,13 @@ impl SegmentWriter {
     pub fn rewind(&mut self, checkpoint: &Checkpoint) {
         self.end = checkpoint.end;
         self.tail = checkpoint.tail.clone();
+    }
+
+    /// Closes the file (what was synced stays synced).
+    pub async fn close(self) {
+        if let Err(e) = self.file.close().await {
+            log::warn!("closing {}: {e}", self.path.display());
+        }
     }
 
     /// fdatasync: everything written so far is on stable storage when this returns Ok.

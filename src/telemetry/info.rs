@@ -37,6 +37,7 @@ pub struct AofSnapshot {
     pub durable: u64,
     pub end: u64,
     pub size_bytes: u64,
+    pub base_bytes: u64,
     pub pending_bytes: usize,
     pub fsyncs: u64,
     pub records_synced: u64,
@@ -58,7 +59,8 @@ impl AofSnapshot {
         AofSnapshot {
             durable: aof.durable(),
             end: aof.end(),
-            size_bytes: aof.size_bytes,
+            size_bytes: aof.size_bytes(),
+            base_bytes: aof.base_bytes,
             pending_bytes: aof.pending_bytes(),
             fsyncs: aof.stats.fsyncs,
             records_synced: aof.stats.records_synced,
@@ -391,14 +393,33 @@ fn persistence_section(
     ] {
         field!(out, name, value);
     }
-    field!(out, "aof_enabled", i64::from(!logs.is_empty()));
-    field!(out, "aof_rewrite_in_progress", 0);
-    field!(out, "aof_rewrite_scheduled", 0);
-    field!(out, "aof_last_rewrite_time_sec", -1);
-    field!(out, "aof_current_rewrite_time_sec", -1);
-    field!(out, "aof_last_bgrewrite_status", "ok");
-    field!(out, "aof_rewrites", 0);
-    field!(out, "aof_rewrites_consecutive_failures", 0);
+    let rewrite = &server.rewrite;
+    field!(out, "aof_enabled", i64::from(config.appendonly));
+    field!(
+        out,
+        "aof_rewrite_in_progress",
+        i64::from(rewrite.in_progress())
+    );
+    // A log that should run but does not yet (its start failed) is started again by the cron.
+    let scheduled = config.appendonly && logs.len() < shards.len() && !rewrite.in_progress();
+    field!(out, "aof_rewrite_scheduled", i64::from(scheduled));
+    field!(out, "aof_last_rewrite_time_sec", rewrite.last_seconds());
+    field!(
+        out,
+        "aof_current_rewrite_time_sec",
+        rewrite.current_seconds()
+    );
+    field!(
+        out,
+        "aof_last_bgrewrite_status",
+        if rewrite.last_ok() { "ok" } else { "err" }
+    );
+    field!(out, "aof_rewrites", rewrite.completed());
+    field!(
+        out,
+        "aof_rewrites_consecutive_failures",
+        rewrite.consecutive_failures()
+    );
     field!(
         out,
         "aof_last_write_status",
@@ -415,7 +436,11 @@ fn persistence_section(
         "aof_current_size",
         logs.iter().map(|a| a.size_bytes).sum::<u64>()
     );
-    field!(out, "aof_base_size", 0);
+    field!(
+        out,
+        "aof_base_size",
+        logs.iter().map(|a| a.base_bytes).sum::<u64>()
+    );
     field!(out, "aof_pending_rewrite", 0);
     field!(
         out,

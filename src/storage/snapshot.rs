@@ -1,0 +1,265 @@
+//! A point-in-time copy of a shard's keyspace, written while the shard keeps serving (the base
+//! of an AOF rewrite, or of a log turned on at runtime).
+//!
+//! At the cut, every database starts a [`DbSnapshot`]. A background task walks each keyspace
+//! and writes every key's state into the base; a key that is about to change before the walk
+//! reached it is written first, with its value as of the cut (and a key created after the cut
+//! is marked done, absent). So the base is exactly the keyspace at the cut, without stopping the
+//! shard or forking, and the log from the cut on replays on top of it.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::record;
+use crate::shard::dict::Dict;
+use crate::shard::small_bytes::SmallBytes;
+use crate::shard::value::Value;
+use crate::shard::Shard;
+
+/// Buckets walked between checks of the time budget.
+const STEP_BUCKETS: usize = 32;
+/// Longest stretch of walking before the shard serves its clients again.
+const STEP_BUDGET: Duration = Duration::from_micros(250);
+/// Encoded records are written to the base file in chunks of about this size.
+const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Encoded key-state records for the base, in order, and the position of the next one.
+#[derive(Debug, Default)]
+pub struct BaseSink {
+    pub bytes: Vec<u8>,
+    pub position: u64,
+    pub keys: u64,
+}
+
+impl BaseSink {
+    fn emit(&mut self, db: u32, key: &[u8], expire: Option<i64>, value: &Value) {
+        let Some(len) = value.with_str(|bytes| {
+            record::encode_key_state(&mut self.bytes, self.position, 0, db, key, expire, bytes)
+        }) else {
+            return;
+        };
+        self.position += len as u64;
+        self.keys += 1;
+    }
+}
+
+/// One database's part of a snapshot in progress.
+pub struct DbSnapshot {
+    db: u32,
+    /// Keys already in the base, or known absent at the cut (whole keys, not hashes: a
+    /// collision must never leave a key out).
+    done: HashSet<Vec<u8>, foldhash::fast::FixedState>,
+    sink: Rc<RefCell<BaseSink>>,
+    cursor: u64,
+    finished: bool,
+}
+
+impl DbSnapshot {
+    pub fn new(db: u32, sink: Rc<RefCell<BaseSink>>) -> DbSnapshot {
+        DbSnapshot {
+            db,
+            done: HashSet::with_hasher(foldhash::fast::FixedState::with_seed(fastrand::u64(..))),
+            sink,
+            cursor: 0,
+            finished: false,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Before `key` changes: writes its state as of the cut unless already done.
+    pub fn preserve(&mut self, key: &[u8], keys: &Dict<Value>, expires: &Dict<i64>) {
+        // Once the walk is complete every key of the cut is in the base.
+        if self.finished || self.done.contains(key) {
+            return;
+        }
+        self.done.insert(key.to_vec());
+        if let Some(value) = keys.get(key) {
+            let expire = expires.get(key).copied();
+            self.sink.borrow_mut().emit(self.db, key, expire, value);
+        }
+    }
+
+    /// Before the whole database changes (FLUSHDB, SWAPDB): writes every key not yet done.
+    pub fn preserve_all(&mut self, keys: &Dict<Value>, expires: &Dict<i64>) {
+        let pending: Vec<SmallBytes> = keys
+            .iter()
+            .filter(|(k, _)| !self.done.contains(k.as_slice()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in pending {
+            self.preserve(&key, keys, expires);
+        }
+        self.finished = true;
+    }
+
+    /// Walks up to `steps` buckets of the keyspace, writing the keys not yet done. Returns true
+    /// when the walk is complete.
+    pub fn step(&mut self, keys: &Dict<Value>, expires: &Dict<i64>, steps: usize) -> bool {
+        if self.finished {
+            return true;
+        }
+        for _ in 0..steps {
+            let mut found: Vec<SmallBytes> = Vec::new();
+            self.cursor = keys.scan(self.cursor, |k, _| {
+                if !self.done.contains(k.as_slice()) {
+                    found.push(k.clone());
+                }
+            });
+            for key in found {
+                self.preserve(&key, keys, expires);
+            }
+            if self.cursor == 0 {
+                self.finished = true;
+                break;
+            }
+        }
+        self.finished
+    }
+}
+
+/// Why a base could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the rewrite was cancelled")]
+    Cancelled,
+}
+
+/// Writes shard's base at `path`: walks every database's snapshot (started at the cut) a
+/// little at a time, so that clients are served in between, and writes the records as they
+/// come; then syncs the file and its directory. Returns the base's size. The snapshots end
+/// with the task, complete or not; a base left unfinished is removed.
+pub async fn write_base(
+    shard: Rc<Shard>,
+    sink: Rc<RefCell<BaseSink>>,
+    path: PathBuf,
+) -> Result<u64, BaseError> {
+    let result = copy_keyspace(&shard, &sink, &path).await;
+    for db in shard.dbs().iter_mut() {
+        db.finish_snapshot();
+    }
+    if result.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    result
+}
+
+async fn copy_keyspace(
+    shard: &Shard,
+    sink: &RefCell<BaseSink>,
+    path: &Path,
+) -> Result<u64, BaseError> {
+    let io = |source| BaseError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let target = path.to_path_buf();
+    let mut file = blocking(move || File::create_new(target))
+        .await
+        .map_err(io)?;
+    let mut written = 0u64;
+    loop {
+        if shard.server.rewrite.cancelled() {
+            return Err(BaseError::Cancelled);
+        }
+        let started = Instant::now();
+        let complete = loop {
+            let complete = shard
+                .dbs()
+                .iter_mut()
+                .all(|db| db.snapshot_step(STEP_BUCKETS));
+            if complete || started.elapsed() >= STEP_BUDGET {
+                break complete;
+            }
+        };
+        let chunk = {
+            let mut sink = sink.borrow_mut();
+            (complete || sink.bytes.len() >= WRITE_CHUNK_BYTES)
+                .then(|| std::mem::take(&mut sink.bytes))
+        };
+        if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
+            written += chunk.len() as u64;
+            file = blocking(move || file.write_all(&chunk).map(|()| file))
+                .await
+                .map_err(io)?;
+        }
+        if complete {
+            break;
+        }
+        futures_lite::future::yield_now().await;
+    }
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    blocking(move || {
+        file.sync_all()?;
+        super::manifest::sync_dir(&dir)
+    })
+    .await
+    .map_err(io)?;
+    Ok(written)
+}
+
+/// Runs file I/O on the executor's helper thread, off the shard's event loop.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<R> + Send + 'static,
+) -> std::io::Result<R> {
+    glommio::executor().spawn_blocking(f).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::db::Db;
+
+    #[test]
+    fn base_is_the_keyspace_at_the_cut() {
+        let mut db = Db::default();
+        for i in 0..2000 {
+            db.set(format!("k{i}").as_bytes(), Value::Int(i), false);
+        }
+        let sink = Rc::new(RefCell::new(BaseSink::default()));
+        db.start_snapshot(DbSnapshot::new(0, Rc::clone(&sink)));
+        // Changes during the walk: the base must still hold the values of the cut.
+        let mut rounds = 0;
+        while !db.snapshot_step(8) {
+            rounds += 1;
+            let i = rounds * 7 % 2000;
+            db.set(format!("k{i}").as_bytes(), Value::Int(-1), false);
+            db.remove(format!("k{}", (i + 1) % 2000).as_bytes(), 0);
+            db.set(format!("new{rounds}").as_bytes(), Value::Int(1), false);
+        }
+        db.finish_snapshot();
+        let sink = sink.borrow();
+        assert_eq!(sink.keys, 2000);
+        let bytes = bytes::Bytes::from(sink.bytes.clone());
+        let mut at = 0;
+        let mut seen = std::collections::HashMap::new();
+        while at < bytes.len() {
+            let record::Read::Record(r, len) = record::decode(&bytes, at, at as u64) else {
+                panic!("bad record at {at}");
+            };
+            if let record::Body::KeyState(k) = r.body {
+                let record::StoredValue::String(v) = k.value;
+                assert!(
+                    seen.insert(k.key.to_vec(), v.to_vec()).is_none(),
+                    "written twice"
+                );
+            }
+            at += len;
+        }
+        for i in 0..2000 {
+            assert_eq!(seen[format!("k{i}").as_bytes()], i.to_string().into_bytes());
+        }
+    }
+}
