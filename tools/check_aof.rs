@@ -123,7 +123,7 @@ fn main() -> ExitCode {
             Ok(scan) => println!(
                 "shard {shard}: {}: valid, {} record(s), log positions {}..{}",
                 files.join(", "),
-                scan.records.len(),
+                scan.records,
                 chain.segments.first().map_or(0, |s| s.start),
                 scan.end
             ),

@@ -671,21 +671,34 @@ fn parse_timeout(arg: &[u8]) -> CommandResult<Option<Duration>> {
 
 /// Whether every shard's log covers this connection's last write there (1), or not (0).
 async fn local_ack(session: &Session) -> CommandResult<i64> {
-    if !session.shard.config().appendonly {
+    if !session.shard.config().appendonly || session.shard.server.rewrite.turning_on() {
         return Ok(0);
     }
     let woff = session.woff.clone();
     let durable: Vec<Option<u64>> = session.gather(|s| s.with_aof(|a| a.durable())).await?;
+    // A shard without a log while appendonly is on has not started it yet: nothing is on disk.
     let covered = woff
         .iter()
         .zip(&durable)
-        .all(|(&w, d)| w == 0 || d.is_some_and(|d| d >= w));
+        .all(|(&w, d)| d.is_some_and(|d| w == 0 || d >= w));
     Ok(i64::from(covered))
 }
 
+/// How often a WAITAOF checks whether a log being turned on has started.
+const LOG_START_POLL: Duration = Duration::from_millis(5);
+
 /// Waits until every shard's log is durable up to this connection's last write there, asking
-/// each shard to sync now rather than at its next scheduled sync.
+/// each shard to sync now rather than at its next scheduled sync. A log being turned on is
+/// waited for first: what was written before it started is durable once its bases are.
 async fn wait_local(session: &Session) -> CommandResult {
+    loop {
+        let appendonly = session.shard.config().appendonly;
+        let started: Vec<bool> = session.gather(|s| s.with_aof(|_| ()).is_some()).await?;
+        if !appendonly || !session.shard.server.rewrite.turning_on() && started.iter().all(|&s| s) {
+            break;
+        }
+        glommio::timer::sleep(LOG_START_POLL).await;
+    }
     let calls: Vec<_> = session
         .woff
         .iter()

@@ -143,8 +143,10 @@ fn set_generic(
     if options.get {
         reply_string(ctx, key)?;
     }
-    let db = &mut ctx.dbs[ctx.db];
-    let found = db.get(key, ctx.now_ms).is_some();
+    // A plain SET replaces whatever is there (an expired key included), so only the
+    // conditional forms and KEEPTTL need to look first.
+    let found = (options.nx || options.xx || options.keep_ttl)
+        && ctx.dbs[ctx.db].get(key, ctx.now_ms).is_some();
     if (options.nx && found) || (options.xx && !found) {
         if !options.get {
             match on_abort {
@@ -173,19 +175,9 @@ fn set_generic(
                 at.as_bytes(),
             ])]);
         }
-        None if options.keep_ttl => {
-            ctx.dbs[ctx.db].set(key, Value::string(value), true);
-            ctx.log_as(vec![Args::from_vecs([
-                b"SET".as_slice(),
-                key,
-                value,
-                b"KEEPTTL",
-            ])]);
-        }
-        None => {
-            ctx.dbs[ctx.db].set(key, Value::string(value), false);
-            ctx.log_as(vec![Args::from_vecs([b"SET".as_slice(), key, value])]);
-        }
+        // Without an expiry the command replays as sent: NX/XX/GET decide the same way on the
+        // same state, so nothing needs rewriting (and nothing is copied).
+        None => ctx.dbs[ctx.db].set(key, Value::string(value), options.keep_ttl),
     }
     if !options.get {
         match on_abort {

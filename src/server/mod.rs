@@ -124,6 +124,11 @@ fn raise_limits(maxclients: u64) {
     raise(libc::RLIMIT_MEMLOCK, None);
 }
 
+/// How often a loaded shard checks whether the others have loaded too.
+const START_POLL: Duration = Duration::from_millis(1);
+/// How long shutdown waits for the logs to become durable.
+const SHUTDOWN_SYNC_LIMIT: Duration = Duration::from_secs(10);
+
 /// Starts the server and serves until shutdown. Only returns on a start-up failure.
 pub fn run(config: Config, config_file: String) -> Result<(), StartError> {
     logging::init(&config.logfile, config.loglevel).map_err(|e| {
@@ -240,6 +245,12 @@ async fn shard_main(
             return;
         }
     }
+    // No shard serves clients before every shard has loaded its log: a command routed to a
+    // shard still loading would run before its log exists and never be logged.
+    shard.server.shard_loaded();
+    while !shard.server.all_shards_loaded() {
+        glommio::timer::sleep(START_POLL).await;
+    }
     glommio::spawn_local(cron::run(Rc::clone(&shard))).detach();
     if index == 0 {
         glommio::spawn_local(watch_for_signals(Rc::clone(&shard))).detach();
@@ -264,7 +275,25 @@ async fn watch_for_signals(shard: Rc<Shard>) {
 
 /// Stops the server: every shard finishes what must be finished, then the process exits.
 pub async fn shutdown(shard: &Rc<Shard>) {
-    let calls: Vec<_> = (0..shard.count()).map(|s| shard.call(s, |_| ())).collect();
+    // Everything appended to the logs is made durable first (every fsync mode), unless the
+    // disk keeps failing.
+    let calls: Vec<_> = (0..shard.count())
+        .map(|s| {
+            shard.call_async(s, |s| {
+                let end = s.with_aof(|a| a.end()).unwrap_or(0);
+                let synced = s.durable(end, true);
+                async move {
+                    let synced = async {
+                        if let Err(e) = synced.await {
+                            log::warn!("Error syncing the AOF on shutdown: {e}");
+                        }
+                    };
+                    futures_lite::future::or(synced, glommio::timer::sleep(SHUTDOWN_SYNC_LIMIT))
+                        .await;
+                }
+            })
+        })
+        .collect();
     for call in calls {
         let _ = call.await;
     }

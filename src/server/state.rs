@@ -1,7 +1,7 @@
 //! State shared by every shard of the process: configuration, client counters, identity and
 //! the shutdown request. Everything here is thread-safe and rarely written.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +29,8 @@ pub struct ServerState {
     shutdown_requested: Arc<AtomicBool>,
     /// The log's files and the rewrite in progress.
     pub rewrite: RewriteStatus,
+    /// Shards that have loaded their log (clients are served once all have).
+    shards_loaded: AtomicUsize,
 }
 
 impl ServerState {
@@ -54,7 +56,18 @@ impl ServerState {
             connected_clients: AtomicU64::new(0),
             shutdown_requested: Arc::new(AtomicBool::new(false)),
             rewrite: RewriteStatus::default(),
+            shards_loaded: AtomicUsize::new(0),
         }
+    }
+
+    /// A shard has loaded its log.
+    pub fn shard_loaded(&self) {
+        self.shards_loaded.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether every shard has loaded its log.
+    pub fn all_shards_loaded(&self) -> bool {
+        self.shards_loaded.load(Ordering::Acquire) >= self.shard_count
     }
 
     pub fn generation(&self) -> u32 {

@@ -77,6 +77,15 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
         let roll_at = shard.with_aof(|a| a.roll_at()).flatten();
         if let Some(at) = roll_at {
             if writer.end() == at && state.unsynced.is_empty() && state.rewrite.is_empty() {
+                // The old segment's spare preallocation goes first: on a full disk it is what
+                // makes room for the new one.
+                if let Err(e) = writer.trim().await {
+                    log::warn!(
+                        "Shard {}: can't trim {}: {e}",
+                        shard.index(),
+                        writer.path().display()
+                    );
+                }
                 match next_segment(&shard, &writer, at).await {
                     Ok(next) => {
                         std::mem::replace(&mut writer, next).close().await;
@@ -260,7 +269,15 @@ async fn next_segment(
         .unwrap_or_default();
     let name = super::manifest::segment_name(index, epoch, start);
     let path = glommio::executor()
-        .spawn_blocking(move || super::segment::create_file(&dir, &name, index, start))
+        .spawn_blocking(move || {
+            // A file of this name can only be left by an earlier attempt that failed halfway
+            // (no manifest names it yet).
+            match std::fs::remove_file(dir.join(&name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            super::segment::create_file(&dir, &name, index, start)
+        })
         .await?;
     SegmentWriter::open(path, start, start).await
 }

@@ -156,7 +156,7 @@ pub fn load(
     log::info!(
         "Shard {shard}: loaded a {base_bytes}-byte base and {} record(s), {} bytes of AOF, in \
          {:.3} seconds",
-        scan.records.len(),
+        scan.records,
         scan.end - chain_start,
         started.elapsed().as_secs_f64()
     );
@@ -185,7 +185,7 @@ pub fn replay(
         load_base(&dir.join(&base.file), &mut replay)?;
     }
     let mut skipped = 0;
-    for record in &scan.records {
+    for record in scan.iter() {
         match &record.body {
             Body::Commands(commands) => replay.commands(commands),
             Body::TxPart {
@@ -209,13 +209,44 @@ pub fn replay(
 
 /// A shard's chain, read and checked.
 pub struct Scan {
-    pub records: Vec<Record>,
+    /// Valid records, in order.
+    pub records: u64,
+    /// The segments' valid bytes (records are decoded again for replay rather than kept
+    /// decoded: a log of millions of small records would need several times its size).
+    segments: Vec<SegmentData>,
     /// The cross-shard transactions it holds a part of.
     pub tags: HashSet<TxTag>,
     /// Log position after the last valid record.
     pub end: u64,
     pub last_batch: u32,
     pub base_epoch: u64,
+}
+
+impl Scan {
+    /// Keeps the first `valid` bytes of a scanned segment for replay.
+    fn keep(&mut self, seg: &SegmentData, valid: usize) {
+        self.segments.push(SegmentData {
+            path: seg.path.clone(),
+            start: seg.start,
+            data: seg.data.slice(..valid),
+        });
+    }
+
+    /// The valid records, decoded again in order.
+    pub fn iter(&self) -> impl Iterator<Item = Record> + '_ {
+        self.segments.iter().flat_map(|seg| {
+            let mut at = 0usize;
+            std::iter::from_fn(
+                move || match record::decode(&seg.data, at, seg.start + at as u64) {
+                    Read::Record(record, len) => {
+                        at += len;
+                        Some(record)
+                    }
+                    Read::End | Read::Invalid(_) => None,
+                },
+            )
+        })
+    }
 }
 
 /// A segment's records area (after its header) and its first position.
@@ -258,7 +289,8 @@ pub fn scan_chain(
         .map(|s| read_segment(shard, dir, s))
         .collect::<Result<_, _>>()?;
     let mut result = Scan {
-        records: Vec::new(),
+        records: 0,
+        segments: Vec::new(),
         tags: HashSet::new(),
         end: segments.first().map_or(0, |s| s.start),
         last_batch: 0,
@@ -289,12 +321,13 @@ pub fn scan_chain(
                         result.tags.insert(*tx);
                     }
                     result.last_batch = record.batch;
-                    result.records.push(record);
+                    result.records += 1;
                     at += len;
                     result.end = seg.start + at as u64;
                 }
                 Read::End => break,
                 Read::Invalid(what) => {
+                    result.keep(seg, at);
                     let offset = HEADER_BYTES + at as u64;
                     if let Some(later) =
                         valid_record_after(&segments[index..], at, result.last_batch)
@@ -321,6 +354,7 @@ pub fn scan_chain(
                 }
             }
         }
+        result.keep(seg, at);
     }
     Ok(result)
 }
@@ -385,6 +419,9 @@ pub struct Replay<'a> {
     config: &'a Config,
     out: ReplyBuf,
     failures: u64,
+    /// Logged commands carry absolute times; nothing expires while loading, so one clock
+    /// read serves the whole replay.
+    now_ms: i64,
 }
 
 impl<'a> Replay<'a> {
@@ -397,6 +434,7 @@ impl<'a> Replay<'a> {
             config,
             out: ReplyBuf::default(),
             failures: 0,
+            now_ms: crate::server::state::unix_ms(),
         }
     }
 
@@ -449,7 +487,7 @@ impl<'a> Replay<'a> {
         let mut ctx = KeyCtx {
             dbs: self.dbs,
             db,
-            now_ms: crate::server::state::unix_ms(),
+            now_ms: self.now_ms,
             out: &mut self.out,
             config: self.config,
             loading: true,

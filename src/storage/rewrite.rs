@@ -65,6 +65,8 @@ pub struct LogFiles {
 #[derive(Debug)]
 pub struct RewriteStatus {
     in_progress: AtomicBool,
+    /// The log is being turned on: until its bases are written, earlier writes are on no disk.
+    turning_on: AtomicBool,
     cancelled: AtomicBool,
     /// Unix milliseconds when the running rewrite started.
     started_ms: AtomicI64,
@@ -81,6 +83,7 @@ impl Default for RewriteStatus {
     fn default() -> Self {
         RewriteStatus {
             in_progress: AtomicBool::new(false),
+            turning_on: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
             started_ms: AtomicI64::new(0),
             last_seconds: AtomicI64::new(-1),
@@ -110,6 +113,11 @@ impl RewriteStatus {
 
     pub fn in_progress(&self) -> bool {
         self.in_progress.load(Ordering::Acquire)
+    }
+
+    /// Whether the log is being turned on (its first bases are not written yet).
+    pub fn turning_on(&self) -> bool {
+        self.turning_on.load(Ordering::Acquire)
     }
 
     /// The log is being turned off: the running rewrite stops.
@@ -171,6 +179,7 @@ impl RewriteStatus {
                 self.auto_not_before_ms.store(until, Ordering::Release);
             }
         }
+        self.turning_on.store(false, Ordering::Release);
         self.in_progress.store(false, Ordering::Release);
     }
 
@@ -210,6 +219,12 @@ pub enum RewriteError {
 /// has claimed the slot with [`RewriteStatus::try_begin`]; it is released here.
 pub async fn run(home: Rc<Shard>, purpose: Purpose, shards: Vec<usize>) {
     let started = Instant::now();
+    if purpose == Purpose::TurnOn {
+        home.server
+            .rewrite
+            .turning_on
+            .store(true, Ordering::Release);
+    }
     let result = rewrite(&home, purpose, &shards).await;
     let status = &home.server.rewrite;
     match &result {

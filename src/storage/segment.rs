@@ -98,7 +98,9 @@ pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
 pub fn read_used(path: &Path) -> std::io::Result<Vec<u8>> {
     const CHUNK: u64 = 1024 * 1024;
     let mut file = File::open(path)?;
-    let mut bytes = Vec::new();
+    // Address space for the whole file, so growing never copies; untouched pages cost nothing.
+    let size = usize::try_from(file.metadata()?.len()).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(size);
     let mut eof = false;
     let mut fill = |bytes: &mut Vec<u8>, wanted: usize| -> std::io::Result<bool> {
         while bytes.len() < wanted && !eof {
@@ -209,11 +211,29 @@ impl SegmentWriter {
             return Ok(());
         }
         let target = (file_end / PREALLOCATE_CHUNK_BYTES + 1) * PREALLOCATE_CHUNK_BYTES;
-        self.file
-            .pre_allocate(target, false)
-            .await
-            .map_err(io_error)?;
-        self.allocated = target;
+        let needed = file_end + BLOCK_BYTES;
+        // On a nearly full disk a whole chunk may not fit where the next write still does.
+        for size in [target, needed] {
+            match self.file.pre_allocate(size, false).await {
+                Ok(()) => {
+                    self.allocated = size;
+                    return Ok(());
+                }
+                Err(e) if size == needed => return Err(io_error(e)),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back the space allocated beyond the written records (the segment will not grow
+    /// any more: a new one follows it).
+    pub async fn trim(&mut self) -> std::io::Result<()> {
+        let used = self.file_offset(self.end).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        if self.allocated > used {
+            self.file.truncate(used).await.map_err(io_error)?;
+            self.allocated = used;
+        }
         Ok(())
     }
 
