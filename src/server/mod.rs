@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::config::Config;
 use crate::shard::mesh::{self, Batch, CHANNEL_BATCHES_MAX};
@@ -185,6 +185,9 @@ pub fn run(config: Config, config_file: String) -> Result<(), StartError> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("corekv-shard-{slot}"))
             .io_memory(IO_MEMORY_BYTES)
+            // File work off the event loop (rewrites, manifests) may run on any allowed CPU
+            // rather than compete with its own shard.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 shard_main(server, mesh_builder, cpu, fds, log, ready).await;
             })
