@@ -485,7 +485,10 @@ fn int_in_range(value: &str, min: i64, max: i64) -> Result<i64, String> {
 }
 
 fn memory_in_range(value: &str, min: i64, max: i64) -> Result<i64, String> {
-    let n = parse_memory(value).ok_or_else(|| "argument must be a memory value".to_string())?;
+    // Valkey reads memory values as unsigned: a negative one is not a memory value at all.
+    let n = parse_memory(value)
+        .filter(|&n| n >= 0)
+        .ok_or_else(|| "argument must be a memory value".to_string())?;
     if n < min || n > max {
         return Err(format!(
             "argument must be between {min} and {max} inclusive"

@@ -19,7 +19,7 @@ use crate::shard::locks::Mode;
 use crate::shard::value::Value;
 use crate::shard::Shard;
 use crate::storage::record::TxTag;
-use crate::storage::rewrite::{self, Purpose};
+use crate::storage::rewrite::{self, Purpose, Shards};
 use crate::telemetry::info::{self, ShardSnapshot};
 
 pub static HANDLERS: &[(&str, Handler)] = &[
@@ -125,8 +125,7 @@ fn config_set(session: &mut Session, args: Args) -> CoordFuture<'_> {
 /// being cancelled), the cron starts it once that one is gone.
 pub fn start_log(shard: &Rc<Shard>) {
     if shard.server.rewrite.try_begin() {
-        let shards = (0..shard.count()).collect();
-        glommio::spawn_local(rewrite::run(Rc::clone(shard), Purpose::TurnOn, shards)).detach();
+        glommio::spawn_local(rewrite::run(Rc::clone(shard), Purpose::TurnOn, Shards::All)).detach();
     }
 }
 
@@ -149,11 +148,10 @@ fn bgrewriteaof(session: &mut Session, _args: &Args) -> CommandResult {
             "Background append only file rewriting already in progress",
         ));
     }
-    let shards = (0..session.shard.count()).collect();
     glommio::spawn_local(rewrite::run(
         Rc::clone(&session.shard),
         Purpose::Compact,
-        shards,
+        Shards::All,
     ))
     .detach();
     // Inside EXEC the rewrite's cut waits for the transaction's locks, as Valkey defers it.

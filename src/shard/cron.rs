@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{exec, Shard};
 use crate::server::state::unix_ms;
-use crate::storage::rewrite::{self, Purpose};
+use crate::storage::rewrite::{self, Purpose, Shards};
 
 /// Keys with a TTL looked at per expiry step (Valkey samples 20).
 const EXPIRE_SAMPLE_KEYS: usize = 20;
@@ -62,14 +62,13 @@ fn start_rewrites(shard: &Rc<Shard>) {
         return;
     }
     let shards = match purpose {
-        Purpose::TurnOn => (0..shard.count()).collect(),
+        Purpose::TurnOn => Shards::All,
         Purpose::Compact => {
             log::info!(
-                "Starting automatic rewriting of the AOF of shard {} on {}% growth",
-                shard.index(),
+                "Starting automatic rewriting of the AOF on {}% growth",
                 config.auto_aof_rewrite_percentage
             );
-            vec![shard.index()]
+            Shards::Due
         }
     };
     glommio::spawn_local(rewrite::run(Rc::clone(shard), purpose, shards)).detach();

@@ -47,6 +47,8 @@ pub struct Shard {
     aof: RefCell<Option<Aof>>,
     /// This shard's part of a rewrite in progress.
     rewrite_job: RefCell<Option<ShardRewrite>>,
+    /// Where the last log of this process ended: a log turned on again starts there.
+    log_floor: Cell<u64>,
     /// An instant and the Unix time it stands for, refreshed every tick: one clock read gives
     /// both a monotonic instant and the wall-clock time (see [`Shard::now`]).
     clock_base: Cell<(Instant, i64)>,
@@ -70,6 +72,7 @@ impl Shard {
             next_tx: Cell::new(1),
             aof: RefCell::new(None),
             rewrite_job: RefCell::new(None),
+            log_floor: Cell::new(0),
             clock_base: Cell::new((Instant::now(), unix_ms())),
             server,
         }
@@ -139,6 +142,15 @@ impl Shard {
     /// The log, if on.
     pub fn aof(&self) -> RefMut<'_, Option<Aof>> {
         self.aof.borrow_mut()
+    }
+
+    /// Where a log turned on now starts: after every position an earlier one used.
+    pub fn log_floor(&self) -> u64 {
+        self.log_floor.get()
+    }
+
+    pub fn set_log_floor(&self, position: u64) {
+        self.log_floor.set(self.log_floor.get().max(position));
     }
 
     /// This shard's part of a rewrite in progress.

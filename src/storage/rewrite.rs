@@ -53,6 +53,25 @@ pub enum Purpose {
     TurnOn,
 }
 
+/// Which shards a rewrite compacts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shards {
+    /// Every shard (BGREWRITEAOF, turning the log on).
+    All,
+    /// Those whose log has grown past auto-aof-rewrite-percentage, each deciding at the cut:
+    /// one rewrite serves every shard that is due.
+    Due,
+}
+
+/// How a rewrite ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    Failed,
+    /// Stopped because the log was turned off: not a failure.
+    Cancelled,
+}
+
 /// The log's files as the running server knows them.
 #[derive(Debug, Clone)]
 pub struct LogFiles {
@@ -158,7 +177,13 @@ impl RewriteStatus {
         now_ms >= self.auto_not_before_ms.load(Ordering::Acquire)
     }
 
-    fn finish(&self, ok: bool) {
+    fn finish(&self, outcome: Outcome) {
+        self.turning_on.store(false, Ordering::Release);
+        if outcome == Outcome::Cancelled {
+            self.in_progress.store(false, Ordering::Release);
+            return;
+        }
+        let ok = outcome == Outcome::Done;
         let seconds =
             (crate::server::state::unix_ms() - self.started_ms.load(Ordering::Acquire)) / 1000;
         self.last_seconds.store(seconds, Ordering::Release);
@@ -179,7 +204,6 @@ impl RewriteStatus {
                 self.auto_not_before_ms.store(until, Ordering::Release);
             }
         }
-        self.turning_on.store(false, Ordering::Release);
         self.in_progress.store(false, Ordering::Release);
     }
 
@@ -215,9 +239,9 @@ pub enum RewriteError {
     Mesh,
 }
 
-/// Runs a rewrite of `shards` (every shard for [`Purpose::TurnOn`]) from `home`. The caller
-/// has claimed the slot with [`RewriteStatus::try_begin`]; it is released here.
-pub async fn run(home: Rc<Shard>, purpose: Purpose, shards: Vec<usize>) {
+/// Runs a rewrite of `which` shards (every shard for [`Purpose::TurnOn`]) from `home`. The
+/// caller has claimed the slot with [`RewriteStatus::try_begin`]; it is released here.
+pub async fn run(home: Rc<Shard>, purpose: Purpose, which: Shards) {
     let started = Instant::now();
     if purpose == Purpose::TurnOn {
         home.server
@@ -225,23 +249,44 @@ pub async fn run(home: Rc<Shard>, purpose: Purpose, shards: Vec<usize>) {
             .turning_on
             .store(true, Ordering::Release);
     }
-    let result = rewrite(&home, purpose, &shards).await;
+    let result = rewrite(&home, purpose, which).await;
     let status = &home.server.rewrite;
-    match &result {
-        Ok(()) => log::info!(
-            "Background AOF rewrite of shard(s) {shards:?} finished successfully in {:.3} seconds",
-            started.elapsed().as_secs_f64()
-        ),
-        Err(e) => log::warn!("Background AOF rewrite of shard(s) {shards:?} failed: {e}"),
-    }
-    if result.is_err() && purpose == Purpose::TurnOn {
+    let outcome = match &result {
+        Ok(shards) if shards.is_empty() => Outcome::Cancelled,
+        Ok(shards) => {
+            log::info!(
+                "Background AOF rewrite of shard(s) {shards:?} finished successfully in {:.3} \
+                 seconds",
+                started.elapsed().as_secs_f64()
+            );
+            Outcome::Done
+        }
+        Err(RewriteError::Cancelled) => {
+            log::info!("Background AOF rewrite stopped: the append-only log was turned off");
+            Outcome::Cancelled
+        }
+        Err(e) => {
+            log::warn!("Background AOF rewrite failed: {e}");
+            Outcome::Failed
+        }
+    };
+    if outcome == Outcome::Failed && purpose == Purpose::TurnOn {
         // The log did not start: stop what runs of it; the cron tries again later.
         stop_logs(&home).await;
+        home.server
+            .rewrite
+            .cancelled
+            .store(false, Ordering::Release);
     }
-    status.finish(result.is_ok());
+    status.finish(outcome);
 }
 
-async fn rewrite(home: &Rc<Shard>, purpose: Purpose, shards: &[usize]) -> Result<(), RewriteError> {
+/// Returns the shards rewritten (none when no shard was due).
+async fn rewrite(
+    home: &Rc<Shard>,
+    purpose: Purpose,
+    which: Shards,
+) -> Result<Vec<usize>, RewriteError> {
     let server = &home.server;
     let config = home.config();
     // The manifest to change, and the one whose files go once the new one is stored.
@@ -261,13 +306,18 @@ async fn rewrite(home: &Rc<Shard>, purpose: Purpose, shards: &[usize]) -> Result
     };
     let epoch = files.manifest.epoch + 1;
     files.manifest.epoch = epoch;
-    let rewritten: HashSet<usize> = shards.iter().copied().collect();
 
     if purpose == Purpose::TurnOn {
         open_first_segments(home, &dir, epoch).await?;
     }
     check_cancelled(home)?;
-    let cuts = cut_all(home, purpose, epoch, &rewritten, &dir).await?;
+    let cut = cut_all(home, purpose, epoch, &which, &dir).await?;
+    let cuts: Vec<u64> = cut.iter().map(|&(position, _)| position).collect();
+    let shards: Vec<usize> = (0..cut.len()).filter(|&s| cut[s].1).collect();
+    let shards = shards.as_slice();
+    if shards.is_empty() {
+        return Ok(Vec::new());
+    }
     check_cancelled(home)?;
 
     if purpose == Purpose::Compact {
@@ -282,6 +332,7 @@ async fn rewrite(home: &Rc<Shard>, purpose: Purpose, shards: &[usize]) -> Result
             });
             wait.await.map_err(|_| RewriteError::Mesh)?;
         }
+        check_cancelled(home)?;
         for &shard in shards {
             files.manifest.chains[shard].segments.push(Segment {
                 start: cuts[shard],
@@ -316,6 +367,7 @@ async fn rewrite(home: &Rc<Shard>, purpose: Purpose, shards: &[usize]) -> Result
     }
     if let Some(e) = failure {
         remove_files(&dir, shards.iter().map(|&s| manifest::base_name(s, epoch))).await;
+        check_cancelled(home)?;
         return Err(RewriteError::Io(e));
     }
     check_cancelled(home)?;
@@ -330,8 +382,8 @@ async fn rewrite(home: &Rc<Shard>, purpose: Purpose, shards: &[usize]) -> Result
         chain.segments.retain(|s| s.start >= cuts[shard]);
         if purpose == Purpose::TurnOn {
             chain.segments = vec![Segment {
-                start: 0,
-                file: manifest::segment_name(shard, epoch, 0),
+                start: cuts[shard],
+                file: manifest::segment_name(shard, epoch, cuts[shard]),
             }];
         }
     }
@@ -361,7 +413,7 @@ async fn rewrite(home: &Rc<Shard>, purpose: Purpose, shards: &[usize]) -> Result
         release_holds(home, shards).await?;
     }
     remove_files(&dir, stale).await;
-    Ok(())
+    Ok(shards.to_vec())
 }
 
 fn check_cancelled(home: &Shard) -> Result<(), RewriteError> {
@@ -402,7 +454,9 @@ async fn prepare_dir(
         .map_err(RewriteError::Io)
 }
 
-/// Creates and opens every shard's first segment (position 0, named by `epoch`) before the cut.
+/// Creates and opens every shard's first segment before the cut. It starts where the shard's
+/// last log ended (0 if it never had one): positions a connection remembers for WAITAOF stay
+/// comparable across a log turned off and on.
 async fn open_first_segments(home: &Rc<Shard>, dir: &Path, epoch: u64) -> Result<(), RewriteError> {
     for shard in 0..home.count() {
         let dir = dir.to_path_buf();
@@ -410,12 +464,13 @@ async fn open_first_segments(home: &Rc<Shard>, dir: &Path, epoch: u64) -> Result
             .call_async(shard, move |s| {
                 let s = Rc::clone(s);
                 async move {
-                    let name = manifest::segment_name(shard, epoch, 0);
+                    let start = s.log_floor();
+                    let name = manifest::segment_name(shard, epoch, start);
                     let path = glommio::executor()
-                        .spawn_blocking(move || segment::create_file(&dir, &name, shard, 0))
+                        .spawn_blocking(move || segment::create_file(&dir, &name, shard, start))
                         .await
                         .map_err(|e| format!("can't create a segment: {e}"))?;
-                    let writer = SegmentWriter::open(path, 0, 0)
+                    let writer = SegmentWriter::open(path, start, start)
                         .await
                         .map_err(|e| format!("can't open a segment: {e}"))?;
                     s.rewrite_job().get_or_insert_with(Default::default).writer = Some(writer);
@@ -429,14 +484,15 @@ async fn open_first_segments(home: &Rc<Shard>, dir: &Path, epoch: u64) -> Result
     Ok(())
 }
 
-/// Step 1: locks every shard, cuts, unlocks. Returns each shard's cut position.
+/// Step 1: locks every shard, cuts, unlocks. Returns each shard's cut position and whether it
+/// is being rewritten.
 async fn cut_all(
     home: &Rc<Shard>,
     purpose: Purpose,
     epoch: u64,
-    rewritten: &HashSet<usize>,
+    which: &Shards,
     dir: &Path,
-) -> Result<Vec<u64>, RewriteError> {
+) -> Result<Vec<(u64, bool)>, RewriteError> {
     let plan = (0..home.count())
         .map(|shard| {
             let mut locks = LockSet::default();
@@ -451,10 +507,21 @@ async fn cut_all(
     let generation = home.server.generation();
     let calls: Vec<_> = (0..home.count())
         .map(|shard| {
-            let snapshot = rewritten.contains(&shard);
+            let all = *which == Shards::All;
             let base = dir.join(manifest::base_name(shard, epoch));
             home.call(shard, move |s| {
-                cut(s, purpose, epoch, generation, snapshot.then_some(base))
+                let config = s.config();
+                let due = all
+                    || s.with_aof(|a| {
+                        wants_auto_rewrite(
+                            a,
+                            config.auto_aof_rewrite_percentage,
+                            config.auto_aof_rewrite_min_size,
+                        )
+                    })
+                    .unwrap_or(false);
+                let position = cut(s, purpose, epoch, generation, due.then_some(base));
+                (position, due)
             })
         })
         .collect();
@@ -462,7 +529,7 @@ async fn cut_all(
     let mut failed = false;
     for call in calls {
         match call.await {
-            Ok(position) => cuts.push(position),
+            Ok(cut) => cuts.push(cut),
             Err(_) => failed = true,
         }
     }
@@ -485,18 +552,19 @@ fn cut(
     let position = match purpose {
         Purpose::TurnOn => {
             let writer = shard.rewrite_job().as_mut().and_then(|j| j.writer.take());
+            let start = shard.log_floor();
             if shard.server.rewrite.cancelled() {
-                return 0;
+                return start;
             }
             let config = shard.config();
             let index = u16::try_from(shard.index()).unwrap_or(u16::MAX);
-            let mut aof = Aof::new(index, generation, epoch, config.appendfsync, 0, 0);
-            aof.hold_at(0);
+            let mut aof = Aof::new(index, generation, epoch, config.appendfsync, start, 0);
+            aof.hold_at(start);
             shard.set_aof(Some(aof));
             if let Some(writer) = writer {
                 glommio::spawn_local(super::commit::run(Rc::clone(shard), writer)).detach();
             }
-            0
+            start
         }
         Purpose::Compact => shard
             .with_aof(|a| {
@@ -615,11 +683,14 @@ pub async fn stop_logs(home: &Rc<Shard>) {
                 };
                 futures_lite::future::or(flushed, glommio::timer::sleep(STOP_FLUSH_LIMIT)).await;
                 if let Some(mut aof) = s.aof().take() {
+                    s.set_log_floor(aof.end());
                     aof.close();
                 }
                 s.set_aof(None);
-                if let Some(job) = s.rewrite_job().take() {
-                    drop(job.writer);
+                // A base being written stops by itself (it sees the cancellation) and ends
+                // its snapshots; only a log not started yet is dropped here.
+                if let Some(job) = s.rewrite_job().as_mut() {
+                    job.writer = None;
                 }
             }
         });
