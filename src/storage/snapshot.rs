@@ -10,7 +10,6 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -25,7 +24,11 @@ use crate::shard::Shard;
 const STEP_BUCKETS: usize = 32;
 /// Longest stretch of walking before the shard serves its clients again.
 const STEP_BUDGET: Duration = Duration::from_micros(250);
-/// Encoded records are written to the base file in chunks of about this size.
+/// Pause between stretches of walking. It must be a real wait: the executor then polls for
+/// I/O (a zero-length timer or a plain yield keeps it running tasks, and clients would wait
+/// milliseconds for their turn).
+const STEP_PAUSE: Duration = Duration::from_micros(100);
+/// The base file is written through buffers of this size.
 const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Encoded key-state records for the base, in order, and the position of the next one.
@@ -156,6 +159,9 @@ pub async fn write_base(
     if result.is_err() {
         let _ = std::fs::remove_file(&path);
     }
+    if shard.server.rewrite.cancelled() {
+        return Err(BaseError::Cancelled);
+    }
     result
 }
 
@@ -168,14 +174,43 @@ async fn copy_keyspace(
         path: path.to_path_buf(),
         source,
     };
-    let target = path.to_path_buf();
-    let mut file = blocking(move || File::create_new(target))
+    // Direct I/O, written behind by io_uring: neither a helper thread nor the kernel's page
+    // cache writeback competes with the shard for its CPU.
+    let file = glommio::io::DmaFile::create(path)
         .await
-        .map_err(io)?;
+        .map_err(|e| io(super::segment::io_error(e)))?;
+    let writer = glommio::io::DmaStreamWriterBuilder::new(file)
+        .with_buffer_size(WRITE_CHUNK_BYTES)
+        .with_write_behind(2)
+        .build();
+    let written = copy_into(shard, sink, &writer).await;
+    let closed = futures_lite::AsyncWriteExt::close(&mut &writer).await;
+    let written = written.map_err(io)?;
+    closed.map_err(io)?;
+    // The data went to the drive uncached; this makes it and the file's size durable.
+    let target = path.to_path_buf();
+    blocking(move || {
+        File::open(&target)?.sync_all()?;
+        super::manifest::sync_dir(target.parent().unwrap_or(Path::new(".")))
+    })
+    .await
+    .map_err(io)?;
+    Ok(written)
+}
+
+/// Walks the snapshots, a bounded stretch at a time, and writes their records to `writer`.
+async fn copy_into(
+    shard: &Shard,
+    sink: &RefCell<BaseSink>,
+    writer: &glommio::io::DmaStreamWriter,
+) -> std::io::Result<u64> {
     let mut written = 0u64;
     loop {
         if shard.server.rewrite.cancelled() {
-            return Err(BaseError::Cancelled);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the rewrite was cancelled",
+            ));
         }
         let started = Instant::now();
         let complete = loop {
@@ -187,35 +222,16 @@ async fn copy_keyspace(
                 break complete;
             }
         };
-        if started.elapsed() > Duration::from_millis(2) {
-            eprintln!("DBG step {:?}", started.elapsed());
-        }
-        let chunk = {
-            let mut sink = sink.borrow_mut();
-            (complete || sink.bytes.len() >= WRITE_CHUNK_BYTES)
-                .then(|| std::mem::take(&mut sink.bytes))
-        };
-        if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
+        let chunk = std::mem::take(&mut sink.borrow_mut().bytes);
+        if !chunk.is_empty() {
             written += chunk.len() as u64;
-            file = blocking(move || file.write_all(&chunk).map(|()| file))
-                .await
-                .map_err(io)?;
+            futures_lite::AsyncWriteExt::write_all(&mut &*writer, &chunk).await?;
         }
         if complete {
-            break;
+            return Ok(written);
         }
-        // A timer, not a plain yield: a task that is always ready would keep the executor
-        // from polling for I/O, so clients would wait for the whole walk.
-        glommio::timer::sleep(Duration::ZERO).await;
+        glommio::timer::sleep(STEP_PAUSE).await;
     }
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    blocking(move || {
-        file.sync_all()?;
-        super::manifest::sync_dir(&dir)
-    })
-    .await
-    .map_err(io)?;
-    Ok(written)
 }
 
 /// Runs file I/O on the executor's helper thread, off the shard's event loop.
