@@ -751,12 +751,15 @@ fn waitaof(session: &mut Session, args: Args) -> CoordFuture<'_> {
                 }
                 Ok::<(), CommandError>(())
             };
-            futures_lite::future::or(wanted, expired).await?;
+            let waited = futures_lite::future::or(wanted, expired).await;
+            // A log turned off while this waited releases it with an error; Valkey answers
+            // with the numlocal error then.
             if numlocal > 0 && !session.shard.config().appendonly {
                 return Err(CommandError::err(
                     "WAITAOF cannot be used when numlocal is set but appendonly is disabled.",
                 ));
             }
+            waited?;
         }
         let acked = local_ack(session).await?;
         session.out.array(2);

@@ -195,6 +195,11 @@ impl Aof {
         if let Some(w) = self.roll_waker.take() {
             w.wake();
         }
+        // Records appended after the cut may have been waiting for the new segment, and the
+        // wake-up they gave may have been spent on a retry pause.
+        if !self.pending.is_empty() {
+            self.wake_loop();
+        }
     }
 
     /// Completes once the segment asked for by [`Aof::request_roll`] is open.
@@ -490,17 +495,27 @@ impl Aof {
         self.failure = Some(failure);
     }
 
-    /// Turns the log off (CONFIG SET appendonly no): waiters are released, as there is
-    /// nothing left to wait for (WAITAOF then sees the log is off).
+    /// How far the log can become durable now: its end, or the position a rewrite holds the
+    /// watermark at.
+    pub fn flush_target(&self) -> u64 {
+        self.hold.map_or(self.end, |h| h.min(self.end))
+    }
+
+    /// Turns the log off (CONFIG SET appendonly no). Whoever still waits waits for a write
+    /// that will not be made durable: it gets an error.
     pub fn close(&mut self) {
         self.rolled();
+        let failure = AofFailure {
+            message: "the append-only log was turned off before this write reached the disk"
+                .to_string(),
+        };
         for slot in std::mem::take(&mut self.waiters)
             .into_values()
             .flatten()
             .filter_map(|w| w.upgrade())
         {
             let mut slot = slot.borrow_mut();
-            slot.result = Some(Ok(()));
+            slot.result = Some(Err(failure.clone()));
             if let Some(w) = slot.waker.take() {
                 w.wake();
             }

@@ -13,6 +13,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::aof::Aof;
 use super::segment::SegmentWriter;
 use super::FsyncMode;
 use crate::shard::Shard;
@@ -53,16 +54,16 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
     let Some(instance) = shard.with_aof(|a| a.instance) else {
         return;
     };
-    let current = || shard.with_aof(|a| a.instance) == Some(instance);
+    let current = || own(&shard, instance, |_| ()).is_some();
     loop {
         let Some(mode) = shard.aof_mode().filter(|_| current()) else {
             return;
         };
-        let roll_at = shard.with_aof(|a| a.roll_at()).flatten();
+        let roll_at = own(&shard, instance, |a| a.roll_at()).flatten();
         if roll_at.is_none() || state.retry_delay.is_some() {
-            let pending = shard.with_aof(|a| a.has_pending()).unwrap_or(false);
+            let pending = own(&shard, instance, |a| a.has_pending()).unwrap_or(false);
             let wait = next_wait(mode, &state, pending);
-            wait_for_work(&shard, wait).await;
+            wait_for_work(&shard, instance, wait).await;
         }
         if !current() {
             // Turned off: make what was written durable before leaving.
@@ -71,10 +72,16 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
             return;
         }
         #[cfg(feature = "fault-injection")]
-        wait_while_stalled().await;
+        {
+            wait_while_stalled().await;
+            if !current() {
+                writer.close().await;
+                return;
+            }
+        }
         // A rewrite cut: once everything before it is written and synced, the log goes on in
         // a new segment.
-        let roll_at = shard.with_aof(|a| a.roll_at()).flatten();
+        let roll_at = own(&shard, instance, |a| a.roll_at()).flatten();
         if let Some(at) = roll_at {
             if writer.end() == at && state.unsynced.is_empty() && state.rewrite.is_empty() {
                 // The old segment's spare preallocation goes first: on a full disk it is what
@@ -86,26 +93,26 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
                         writer.path().display()
                     );
                 }
-                match next_segment(&shard, &writer, at).await {
+                match next_segment(&shard, instance, &writer, at).await {
                     Ok(next) => {
                         std::mem::replace(&mut writer, next).close().await;
                         synced_at = writer.checkpoint();
                         state.retry_delay = None;
-                        shard.with_aof(|a| a.rolled());
+                        own(&shard, instance, |a| a.rolled());
                     }
                     Err(e) => {
                         log::warn!(
                             "Shard {}: can't start a new AOF segment: {e}; retrying",
                             shard.index()
                         );
-                        shard.with_aof(|a| a.failed(a.end(), &e));
+                        own(&shard, instance, |a| a.failed(a.end(), &e));
                         state.retry_delay = Some(next_retry_delay(state.retry_delay));
                     }
                 }
                 continue;
             }
         }
-        let (bytes, end, records, urgent) = match shard.with_aof(|a| {
+        let (bytes, end, records, urgent) = match own(&shard, instance, |a| {
             let (bytes, end, records) = a.take_pending();
             (bytes, end, records, a.take_urgent())
         }) {
@@ -126,6 +133,7 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
             if let Err(e) = written {
                 fail(
                     &shard,
+                    instance,
                     &mut writer,
                     &synced_at,
                     &mut state,
@@ -137,7 +145,7 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
             }
             state.unsynced.extend_from_slice(&to_write);
         }
-        let waiting = shard.with_aof(|a| a.has_waiters()).unwrap_or(false);
+        let waiting = own(&shard, instance, |a| a.has_waiters()).unwrap_or(false);
         let due = !state.unsynced.is_empty()
             && match mode {
                 FsyncMode::Always => true,
@@ -162,7 +170,7 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
             Ok(()) => {
                 let records = std::mem::take(&mut state.unsynced_records);
                 let written = state.unsynced.len() as u64;
-                shard.with_aof(|a| {
+                own(&shard, instance, |a| {
                     a.stats.bytes_written += written;
                     a.synced(writer.end(), records, started.elapsed());
                 });
@@ -174,7 +182,16 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
             Err(e) => {
                 let again = std::mem::take(&mut state.unsynced);
                 let end = writer.end();
-                fail(&shard, &mut writer, &synced_at, &mut state, again, end, &e);
+                fail(
+                    &shard,
+                    instance,
+                    &mut writer,
+                    &synced_at,
+                    &mut state,
+                    again,
+                    end,
+                    &e,
+                );
             }
         }
     }
@@ -210,11 +227,10 @@ async fn wait_while_stalled() {
     }
 }
 
-async fn wait_for_work(shard: &Rc<Shard>, limit: Option<Duration>) {
+async fn wait_for_work(shard: &Rc<Shard>, instance: u64, limit: Option<Duration>) {
+    // A log that is no longer this loop's wakes it at once, so that it ends.
     let kicked = std::future::poll_fn(|cx| {
-        shard
-            .with_aof(|a| a.poll_kick(cx))
-            .unwrap_or(std::task::Poll::Ready(()))
+        own(shard, instance, |a| a.poll_kick(cx)).unwrap_or(std::task::Poll::Ready(()))
     });
     match limit {
         None => kicked.await,
@@ -226,8 +242,10 @@ async fn wait_for_work(shard: &Rc<Shard>, limit: Option<Duration>) {
 
 /// A write or sync failed: tell the waiters, go back to the last synced point, and keep
 /// `again` to write once more after a pause.
+#[allow(clippy::too_many_arguments)]
 fn fail(
     shard: &Shard,
+    instance: u64,
     writer: &mut SegmentWriter,
     synced_at: &super::segment::Checkpoint,
     state: &mut State,
@@ -240,12 +258,20 @@ fn fail(
         shard.index(),
         writer.path().display()
     );
-    shard.with_aof(|a| a.failed(end, error));
+    own(shard, instance, |a| a.failed(end, error));
     writer.rewind(synced_at);
     let mut rewrite = std::mem::take(&mut state.unsynced);
     rewrite.extend_from_slice(&again);
     state.rewrite = rewrite;
     state.retry_delay = Some(next_retry_delay(state.retry_delay));
+}
+
+/// Runs `f` on the shard's log if it is still the one this loop serves: a log turned off and
+/// on again while this loop waited on the disk has a loop of its own.
+fn own<R>(shard: &Shard, instance: u64, f: impl FnOnce(&mut Aof) -> R) -> Option<R> {
+    shard
+        .with_aof(|a| (a.instance == instance).then(|| f(a)))
+        .flatten()
 }
 
 /// Backoff between retries: from the shortest pause, doubling up to the longest.
@@ -257,10 +283,11 @@ fn next_retry_delay(last: Option<Duration>) -> Duration {
 /// current epoch, next to the current one).
 async fn next_segment(
     shard: &Shard,
+    instance: u64,
     current: &SegmentWriter,
     start: u64,
 ) -> std::io::Result<SegmentWriter> {
-    let epoch = shard.with_aof(|a| a.epoch).unwrap_or(0);
+    let epoch = own(shard, instance, |a| a.epoch).unwrap_or(0);
     let index = shard.index();
     let dir = current
         .path()
@@ -269,15 +296,7 @@ async fn next_segment(
         .unwrap_or_default();
     let name = super::manifest::segment_name(index, epoch, start);
     let path = glommio::executor()
-        .spawn_blocking(move || {
-            // A file of this name can only be left by an earlier attempt that failed halfway
-            // (no manifest names it yet).
-            match std::fs::remove_file(dir.join(&name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            super::segment::create_file(&dir, &name, index, start)
-        })
+        .spawn_blocking(move || super::segment::create_file(&dir, &name, index, start))
         .await?;
     SegmentWriter::open(path, start, start).await
 }

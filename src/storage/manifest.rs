@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 pub const FILE_NAME: &str = "manifest";
 const TEMP_NAME: &str = "manifest.tmp";
 const FORMAT: u32 = 1;
+/// More shards than any machine has CPUs: a larger count is damage, not a configuration.
+const SHARDS_MAX: usize = 65_536;
 
 /// One log segment of a shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +153,9 @@ impl Manifest {
                 ["epoch", e] => epoch = number(e)?,
                 ["shards", s] => {
                     let count = usize::try_from(number(s)?).map_err(|e| (n, e.to_string()))?;
+                    if count == 0 || count > SHARDS_MAX {
+                        return Err((n, format!("{count} shards is out of range")));
+                    }
                     chains = Some(vec![Chain::default(); count]);
                 }
                 ["base", shard, e, file] | ["segment", shard, e, file] => {

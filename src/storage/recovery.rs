@@ -182,7 +182,7 @@ pub fn replay(
 ) -> Result<u64, RecoveryError> {
     let mut replay = Replay::new(dbs, config);
     if let Some(base) = &chain.base {
-        load_base(&dir.join(&base.file), &mut replay)?;
+        load_base(scan.shard, &dir.join(&base.file), &mut replay)?;
     }
     let mut skipped = 0;
     for record in scan.iter() {
@@ -209,6 +209,8 @@ pub fn replay(
 
 /// A shard's chain, read and checked.
 pub struct Scan {
+    /// The shard whose chain this is.
+    pub shard: usize,
     /// Valid records, in order.
     pub records: u64,
     /// The segments' valid bytes (records are decoded again for replay rather than kept
@@ -262,7 +264,12 @@ fn read_segment(shard: usize, dir: &Path, segment: &Segment) -> Result<SegmentDa
         file: path.clone(),
         reason: e.to_string(),
     })?;
-    let header = bytes.get(..HEADER_BYTES as usize).unwrap_or(&bytes);
+    let Some(header) = bytes.get(..HEADER_BYTES as usize) else {
+        return Err(RecoveryError::File {
+            file: path,
+            reason: "shorter than a segment header".to_string(),
+        });
+    };
     segment::check_header(header, shard, segment.start).map_err(|reason| RecoveryError::File {
         file: path.clone(),
         reason,
@@ -289,6 +296,7 @@ pub fn scan_chain(
         .map(|s| read_segment(shard, dir, s))
         .collect::<Result<_, _>>()?;
     let mut result = Scan {
+        shard,
         records: 0,
         segments: Vec::new(),
         tags: HashSet::new(),
@@ -329,6 +337,15 @@ pub fn scan_chain(
                 Read::Invalid(what) => {
                     result.keep(seg, at);
                     let offset = HEADER_BYTES + at as u64;
+                    // A segment is followed by another only once all of it was synced: damage
+                    // there is never a torn write.
+                    if index + 1 < segments.len() {
+                        return Err(RecoveryError::Corrupt {
+                            file: seg.path.clone(),
+                            offset,
+                            what: format!("{what:?} in a segment that was complete"),
+                        });
+                    }
                     if let Some(later) =
                         valid_record_after(&segments[index..], at, result.last_batch)
                     {
@@ -386,12 +403,24 @@ fn valid_record_after(segments: &[SegmentData], bad_at: usize, last_batch: u32) 
     None
 }
 
-fn load_base(path: &Path, replay: &mut Replay<'_>) -> Result<(), RecoveryError> {
-    let bytes = segment::read_file(path).map_err(|e| RecoveryError::File {
+/// Replays a base: a segment of key-state records from position 0, written whole before the
+/// manifest named it (any damage is corruption).
+fn load_base(shard: usize, path: &Path, replay: &mut Replay<'_>) -> Result<(), RecoveryError> {
+    let bytes = segment::read_used(path).map_err(|e| RecoveryError::File {
         file: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let data = Bytes::from(bytes);
+    let Some(header) = bytes.get(..HEADER_BYTES as usize) else {
+        return Err(RecoveryError::File {
+            file: path.to_path_buf(),
+            reason: "shorter than a base header".to_string(),
+        });
+    };
+    segment::check_header(header, shard, 0).map_err(|reason| RecoveryError::File {
+        file: path.to_path_buf(),
+        reason,
+    })?;
+    let data = Bytes::from(bytes).slice(HEADER_BYTES as usize..);
     let mut at = 0usize;
     loop {
         match record::decode(&data, at, at as u64) {
@@ -405,8 +434,8 @@ fn load_base(path: &Path, replay: &mut Replay<'_>) -> Result<(), RecoveryError> 
             Read::Invalid(what) => {
                 return Err(RecoveryError::Corrupt {
                     file: path.to_path_buf(),
-                    offset: at as u64,
-                    what: format!("{what:?} in a snapshot"),
+                    offset: HEADER_BYTES + at as u64,
+                    what: format!("{what:?} in a base"),
                 })
             }
         }
@@ -518,5 +547,78 @@ impl<'a> Replay<'a> {
         if self.failures > 0 {
             log::warn!("{} logged command(s) could not be replayed", self.failures);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::storage::manifest;
+
+    /// Writes a segment of `records` SETs starting at `start` (batch numbers from `batch`);
+    /// returns its name and end position.
+    fn segment(dir: &Path, start: u64, batch: u32, records: u32) -> (String, u64) {
+        let name = manifest::segment_name(0, 0, start);
+        let path = segment::create_file(dir, &name, 0, start).expect("create");
+        let mut bytes = Vec::new();
+        let mut position = start;
+        for i in 0..records {
+            let args = Args::from_vecs(["SET", &format!("k{i}"), "v"]);
+            position +=
+                record::encode_commands(&mut bytes, position, batch + i, [(0, &args)].into_iter())
+                    as u64;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .expect("open");
+        file.write_all(&bytes).expect("write");
+        (name, position)
+    }
+
+    fn chain(files: &[(String, u64)]) -> Chain {
+        Chain {
+            base: None,
+            segments: files
+                .iter()
+                .map(|(file, start)| Segment {
+                    start: *start,
+                    file: file.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn damage_in_a_segment_followed_by_another_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, end) = segment(dir.path(), 0, 1, 3);
+        let (second, _) = segment(dir.path(), end, 4, 1);
+        let files = [(first.clone(), 0), (second, end)];
+        assert_eq!(
+            scan_chain(0, dir.path(), &chain(&files), true)
+                .expect("intact")
+                .records,
+            4
+        );
+        // Damage the first segment's last record: as a last segment this would be a torn tail,
+        // but a segment is followed by another only once it was all synced.
+        let path = dir.path().join(&first);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(matches!(
+            scan_chain(0, dir.path(), &chain(&files), true),
+            Err(RecoveryError::Corrupt { .. })
+        ));
+        assert_eq!(
+            scan_chain(0, dir.path(), &chain(&files[..1]), true)
+                .expect("a torn tail")
+                .records,
+            2
+        );
     }
 }

@@ -84,6 +84,8 @@ pub struct LogFiles {
 #[derive(Debug)]
 pub struct RewriteStatus {
     in_progress: AtomicBool,
+    /// The log is being turned off: nothing may start until it is.
+    stopping: AtomicBool,
     /// The log is being turned on: until its bases are written, earlier writes are on no disk.
     turning_on: AtomicBool,
     cancelled: AtomicBool,
@@ -102,6 +104,7 @@ impl Default for RewriteStatus {
     fn default() -> Self {
         RewriteStatus {
             in_progress: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             turning_on: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
             started_ms: AtomicI64::new(0),
@@ -118,6 +121,9 @@ impl Default for RewriteStatus {
 impl RewriteStatus {
     /// Claims the one rewrite slot; false if a rewrite runs.
     pub fn try_begin(&self) -> bool {
+        if self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
         let claimed = self
             .in_progress
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -270,15 +276,34 @@ pub async fn run(home: Rc<Shard>, purpose: Purpose, which: Shards) {
             Outcome::Failed
         }
     };
+    if outcome != Outcome::Done {
+        // Bases still being written stop at their next step; they must be gone before another
+        // rewrite starts snapshots of its own.
+        finish_bases(&home).await;
+    }
     if outcome == Outcome::Failed && purpose == Purpose::TurnOn {
         // The log did not start: stop what runs of it; the cron tries again later.
-        stop_logs(&home).await;
-        home.server
-            .rewrite
-            .cancelled
-            .store(false, Ordering::Release);
+        status.cancel();
+        close_logs(&home).await;
     }
     status.finish(outcome);
+}
+
+/// Waits for the base tasks a stopped rewrite left (they see the cancellation or their own
+/// error and end their snapshots).
+async fn finish_bases(home: &Rc<Shard>) {
+    home.server.rewrite.cancel();
+    for shard in 0..home.count() {
+        let waited = home.call_async(shard, |s| {
+            let task = s.rewrite_job().as_mut().and_then(|j| j.base.take());
+            async move {
+                if let Some(task) = task {
+                    let _ = task.await;
+                }
+            }
+        });
+        let _ = waited.await;
+    }
 }
 
 /// Returns the shards rewritten (none when no shard was due).
@@ -306,6 +331,13 @@ async fn rewrite(
     };
     let epoch = files.manifest.epoch + 1;
     files.manifest.epoch = epoch;
+    if purpose == Purpose::Compact {
+        // Transaction parts logged from the cut on carry the new epoch; the stored manifest
+        // must know it first, or a later rewrite could hand out the same epoch again and a
+        // base of that epoch would wrongly stand for those parts.
+        store(&files).await.map_err(RewriteError::Io)?;
+        server.rewrite.set_files(Some(files.clone()));
+    }
 
     if purpose == Purpose::TurnOn {
         open_first_segments(home, &dir, epoch).await?;
@@ -369,6 +401,18 @@ async fn rewrite(
         remove_files(&dir, shards.iter().map(|&s| manifest::base_name(s, epoch))).await;
         check_cancelled(home)?;
         return Err(RewriteError::Io(e));
+    }
+    check_cancelled(home)?;
+    // A shard left as it is may still hold parts of transactions from before the cut that are
+    // not durable; once rewritten shards stop naming their older segments, those parts would
+    // have no partner to be checked against.
+    for shard in (0..home.count()).filter(|s| !shards.contains(s)) {
+        let cut = cuts[shard];
+        let durable = home
+            .call_async(shard, move |s| s.durable(cut, true))
+            .await
+            .map_err(|_| RewriteError::Mesh)?;
+        durable.map_err(|f| RewriteError::Io(f.message))?;
     }
     check_cancelled(home)?;
 
@@ -668,35 +712,49 @@ pub fn remove_unnamed_files(dir: &Path, manifest: &Manifest) {
     }
 }
 
-/// Turns every shard's log off (CONFIG SET appendonly no, or a log that failed to start):
-/// what was appended is written and synced first; waiters are released.
+/// Turns every shard's log off (CONFIG SET appendonly no): a rewrite or start in progress is
+/// cancelled, and no log can start until every shard's is closed.
 pub async fn stop_logs(home: &Rc<Shard>) {
-    home.server.rewrite.cancel();
-    for shard in 0..home.count() {
-        let stopped = home.call_async(shard, |s| {
-            let s = Rc::clone(s);
-            async move {
-                let end = s.with_aof(|a| a.end()).unwrap_or(0);
-                // A failing disk must not keep the log from being turned off.
-                let flushed = async {
-                    let _ = s.durable(end, true).await;
-                };
-                futures_lite::future::or(flushed, glommio::timer::sleep(STOP_FLUSH_LIMIT)).await;
-                if let Some(mut aof) = s.aof().take() {
-                    s.set_log_floor(aof.end());
-                    aof.close();
+    let status = &home.server.rewrite;
+    status.stopping.store(true, Ordering::Release);
+    status.cancel();
+    close_logs(home).await;
+    status.set_files(None);
+    status.stopping.store(false, Ordering::Release);
+}
+
+/// Closes every shard's log, all shards at once: what was appended is made durable first (as
+/// far as a rewrite in progress lets it, and for a bounded time: a failing disk must not keep
+/// the log from being turned off); writes still waiting then get an error.
+async fn close_logs(home: &Rc<Shard>) {
+    let calls: Vec<_> = (0..home.count())
+        .map(|shard| {
+            home.call_async(shard, |s| {
+                let s = Rc::clone(s);
+                async move {
+                    let target = s.with_aof(|a| a.flush_target()).unwrap_or(0);
+                    let flushed = async {
+                        let _ = s.durable(target, true).await;
+                    };
+                    futures_lite::future::or(flushed, glommio::timer::sleep(STOP_FLUSH_LIMIT))
+                        .await;
+                    if let Some(mut aof) = s.aof().take() {
+                        s.set_log_floor(aof.end());
+                        aof.close();
+                    }
+                    s.set_aof(None);
+                    // A base being written stops by itself (it sees the cancellation) and
+                    // ends its snapshots; only a log not started yet is dropped here.
+                    if let Some(job) = s.rewrite_job().as_mut() {
+                        job.writer = None;
+                    }
                 }
-                s.set_aof(None);
-                // A base being written stops by itself (it sees the cancellation) and ends
-                // its snapshots; only a log not started yet is dropped here.
-                if let Some(job) = s.rewrite_job().as_mut() {
-                    job.writer = None;
-                }
-            }
-        });
-        let _ = stopped.await;
+            })
+        })
+        .collect();
+    for call in calls {
+        let _ = call.await;
     }
-    home.server.rewrite.set_files(None);
 }
 
 /// Whether `chain` of shard `shard` has grown enough since its last rewrite for an automatic

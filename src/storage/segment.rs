@@ -76,8 +76,15 @@ pub fn check_header(block: &[u8], shard: usize, start: u64) -> Result<(), String
 /// Writes a new segment's header block with ordinary I/O and makes the file and its directory
 /// entry durable. Done before the first direct-I/O open on purpose: glommio probes the first
 /// file it opens for direct I/O with a read, and that probe needs written data.
+///
+/// Names are never reused for files a manifest names (they carry the rewrite epoch), so a file
+/// already there can only be left by an attempt that failed halfway: it is replaced.
 pub fn create_file(dir: &Path, name: &str, shard: usize, start: u64) -> std::io::Result<PathBuf> {
     let path = dir.join(name);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = File::options().write(true).create_new(true).open(&path)?;
     file.write_all(&header(shard, start))?;
     file.sync_all()?;
@@ -162,6 +169,15 @@ impl SegmentWriter {
     /// Opens the segment at `path` for appending at log position `end` (everything after it in
     /// the file is cut off).
     pub async fn open(path: PathBuf, start: u64, end: u64) -> std::io::Result<SegmentWriter> {
+        if end < start {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} would end at {end}, before its start {start}",
+                    path.display()
+                ),
+            ));
+        }
         let file_end = HEADER_BYTES + (end - start);
         let block_start = file_end - file_end % BLOCK_BYTES;
         let mut tail = vec![0u8; (file_end - block_start) as usize];

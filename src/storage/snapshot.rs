@@ -9,12 +9,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::record;
+use super::segment::SegmentWriter;
 use crate::shard::dict::Dict;
 use crate::shard::small_bytes::SmallBytes;
 use crate::shard::value::Value;
@@ -28,8 +28,6 @@ const STEP_BUDGET: Duration = Duration::from_micros(250);
 /// I/O (a zero-length timer or a plain yield keeps it running tasks, and clients would wait
 /// milliseconds for their turn).
 const STEP_PAUSE: Duration = Duration::from_micros(100);
-/// The base file is written through buffers of this size.
-const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Encoded key-state records for the base, in order, and the position of the next one.
 #[derive(Debug, Default)]
@@ -174,35 +172,35 @@ async fn copy_keyspace(
         path: path.to_path_buf(),
         source,
     };
-    // Direct I/O, written behind by io_uring: neither a helper thread nor the kernel's page
-    // cache writeback competes with the shard for its CPU.
-    let file = glommio::io::DmaFile::create(path)
+    // A base is laid out as a segment from position 0 (header block, then records) and written
+    // the same way: direct I/O through io_uring, so neither a helper thread nor the kernel's
+    // page cache writeback competes with the shard for its CPU.
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let index = shard.index();
+    let created = blocking(move || super::segment::create_file(&dir, &name, index, 0))
         .await
-        .map_err(|e| io(super::segment::io_error(e)))?;
-    let writer = glommio::io::DmaStreamWriterBuilder::new(file)
-        .with_buffer_size(WRITE_CHUNK_BYTES)
-        .with_write_behind(2)
-        .build();
-    let written = copy_into(shard, sink, &writer).await;
-    let closed = futures_lite::AsyncWriteExt::close(&mut &writer).await;
-    let written = written.map_err(io)?;
-    closed.map_err(io)?;
-    // The data went to the drive uncached; this makes it and the file's size durable.
-    let target = path.to_path_buf();
-    blocking(move || {
-        File::open(&target)?.sync_all()?;
-        super::manifest::sync_dir(target.parent().unwrap_or(Path::new(".")))
-    })
-    .await
-    .map_err(io)?;
-    Ok(written)
+        .map_err(io)?;
+    let mut writer = SegmentWriter::open(created, 0, 0).await.map_err(io)?;
+    let result = async {
+        let written = copy_into(shard, sink, &mut writer).await?;
+        writer.trim().await?;
+        writer.sync().await?;
+        Ok(written)
+    }
+    .await;
+    writer.close().await;
+    result.map_err(io)
 }
 
 /// Walks the snapshots, a bounded stretch at a time, and writes their records to `writer`.
 async fn copy_into(
     shard: &Shard,
     sink: &RefCell<BaseSink>,
-    writer: &glommio::io::DmaStreamWriter,
+    writer: &mut SegmentWriter,
 ) -> std::io::Result<u64> {
     let mut written = 0u64;
     loop {
@@ -225,7 +223,7 @@ async fn copy_into(
         let chunk = std::mem::take(&mut sink.borrow_mut().bytes);
         if !chunk.is_empty() {
             written += chunk.len() as u64;
-            futures_lite::AsyncWriteExt::write_all(&mut &*writer, &chunk).await?;
+            writer.write(&chunk).await?;
         }
         if complete {
             return Ok(written);
