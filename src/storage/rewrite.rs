@@ -423,13 +423,13 @@ async fn rewrite(
             epoch,
             file: manifest::base_name(shard, epoch),
         });
-        chain.segments.retain(|s| s.start >= cuts[shard]);
-        if purpose == Purpose::TurnOn {
-            chain.segments = vec![Segment {
-                start: cuts[shard],
-                file: manifest::segment_name(shard, epoch, cuts[shard]),
-            }];
-        }
+        // The chain goes on in the segment opened at the cut alone: the base holds everything
+        // before it (older segments may start at the same position if nothing was written
+        // in between).
+        chain.segments = vec![Segment {
+            start: cuts[shard],
+            file: manifest::segment_name(shard, epoch, cuts[shard]),
+        }];
     }
     store(&files).await.map_err(RewriteError::Io)?;
     server.rewrite.set_files(Some(files.clone()));
