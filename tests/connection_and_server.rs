@@ -5,12 +5,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Raw, Server};
+use common::{eventually, free_port, wait_or_kill, Raw, Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_corekv-server");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -328,14 +328,6 @@ fn try_ping(port: u16) -> bool {
     matches!(s.read(&mut buf), Ok(n) if &buf[..n] == b"+PONG\r\n")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Valkey-style glob match (`*`, `?`), enough for the patterns used here.
 fn glob(pattern: &str, text: &str) -> bool {
     fn rec(p: &[u8], t: &[u8]) -> bool {
@@ -358,17 +350,8 @@ fn run_binary(args: &[&str]) -> (ExitStatus, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn corekv-server");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("corekv-server {args:?} was still running after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_or_kill(&mut child, Duration::from_secs(20)) else {
+        panic!("corekv-server {args:?} was still running after 20 s");
     };
     let mut out = String::new();
     let mut errs = String::new();

@@ -9,17 +9,16 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, resp, Raw, Server};
+use common::{
+    aof_dir, blocked_waiter, bulk, crash, crash_and_restart, eventually, expect, field, field_u64,
+    free_port, info, int, key_on, logs, no_reply_yet, ok, persistence, resp, restart, shard_logs,
+    shard_of, start, text, wait_or_kill, Raw, Server, ACK_0_0, ACK_1_0, AOF_DISABLED, OK, QUEUED,
+};
 
-const OK: &[u8] = b"+OK\r\n";
-const QUEUED: &[u8] = b"+QUEUED\r\n";
-const ACK_1_0: &[u8] = b"*2\r\n:1\r\n:0\r\n";
-const ACK_0_0: &[u8] = b"*2\r\n:0\r\n:0\r\n";
 const MISCONF_EIO: &str = "-MISCONF Errors writing to the AOF file: Input/output error";
 const MISCONF_ENOSPC: &str = "-MISCONF Errors writing to the AOF file: No space left on device";
 /// How long a state the test waits for may take to appear.
@@ -29,153 +28,9 @@ const WITHIN: Duration = Duration::from_secs(15);
 // Helpers
 // ------------------------------------------------------------------------------------------
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// The payload of a bulk-string reply; `None` for a null.
-fn bulk(reply: &[u8]) -> Option<Vec<u8>> {
-    if reply == b"$-1\r\n" || reply == b"_\r\n" {
-        return None;
-    }
-    assert!(reply.starts_with(b"$"), "not a bulk reply: {}", text(reply));
-    let nl = reply.iter().position(|&b| b == b'\n').expect("header line");
-    let len: usize = text(&reply[1..nl - 1]).parse().expect("bulk length");
-    Some(reply[nl + 1..nl + 1 + len].to_vec())
-}
-
-/// The value of an integer reply.
-fn int(reply: &[u8]) -> i64 {
-    assert!(
-        reply.starts_with(b":"),
-        "not an integer reply: {}",
-        text(reply)
-    );
-    text(&reply[1..reply.len() - 2]).parse().expect("integer")
-}
-
-/// Sends a command and asserts its exact reply.
-#[track_caller]
-fn expect(raw: &mut Raw, args: &[&str], reply: &[u8]) {
-    let got = raw.cmd(args);
-    assert_eq!(
-        text(&got),
-        text(reply),
-        "reply to {args:?} (left: got, right: expected)"
-    );
-}
-
-/// Sends a command expected to answer `+OK`.
-#[track_caller]
-fn ok(raw: &mut Raw, args: &[&str]) {
-    expect(raw, args, OK);
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// `kill -9` the server and wait until it is gone.
-fn kill9(server: &mut Server) {
-    let status = Command::new("kill")
-        .args(["-9", &server.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -9 failed");
-    assert!(
-        server.wait_exit(Duration::from_secs(10)).is_some(),
-        "the server did not die after kill -9"
-    );
-}
-
-/// `kill -9` the server and keep its data directory for a restart.
-fn crash(mut server: Server) -> tempfile::TempDir {
-    kill9(&mut server);
-    std::mem::replace(&mut server.dir, tempfile::tempdir().expect("tempdir"))
-}
-
-/// Starts a server and waits until every shard's log is open (see [`settle`]).
-fn start(shards: usize, args: &[&str]) -> Server {
-    let server = Server::start(shards, args);
-    settle(&server, shards);
-    server
-}
-
-/// Restarts on `dir` and waits until every shard's log is open (see [`settle`]).
-fn restart(dir: tempfile::TempDir, shards: usize, args: &[&str]) -> Server {
-    let server = Server::start_in(dir, shards, args);
-    settle(&server, shards);
-    server
-}
-
-/// One shard's line of `INFO persistence`.
-#[derive(Debug, Clone, Copy, Default)]
-struct ShardLog {
-    durable: u64,
-    end: u64,
-    write_errors: u64,
-}
-
-fn info(raw: &mut Raw, section: &str) -> String {
-    text(&bulk(&raw.cmd(&["INFO", section])).expect("INFO text"))
-}
-
-fn info_field(info: &str, name: &str) -> Option<String> {
-    info.lines().find_map(|l| {
-        l.strip_prefix(&format!("{name}:"))
-            .map(|v| v.trim().to_string())
-    })
-}
-
-fn shard_logs(info: &str) -> Vec<ShardLog> {
-    let mut out = BTreeMap::new();
-    for line in info.lines() {
-        let Some(rest) = line.strip_prefix("aof_shard") else {
-            continue;
-        };
-        let (index, fields) = rest.split_once(':').expect("aof_shard line");
-        let mut log = ShardLog::default();
-        for field in fields.split(',') {
-            let Some((k, v)) = field.split_once('=') else {
-                continue;
-            };
-            let v = v.trim();
-            match k {
-                "durable_offset" => log.durable = v.parse().expect("durable_offset"),
-                "end_offset" => log.end = v.parse().expect("end_offset"),
-                "write_errors" => log.write_errors = v.parse().expect("write_errors"),
-                _ => {}
-            }
-        }
-        out.insert(index.parse::<usize>().expect("shard index"), log);
-    }
-    out.into_values().collect()
-}
-
-fn logs(raw: &mut Raw) -> Vec<ShardLog> {
-    shard_logs(&info(raw, "persistence"))
-}
-
-/// The first key `<prefix><n>` that lives on `shard` of `shards`.
-fn key_on(shard: usize, shards: usize, prefix: &str) -> String {
-    let map = corekv::shard::routing::SlotMap::new(shards);
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|k| map.shard_of_key(k.as_bytes()) == shard)
-        .expect("a key")
-}
-
-fn shard_of(key: &str, shards: usize) -> usize {
-    corekv::shard::routing::SlotMap::new(shards).shard_of_key(key.as_bytes())
-}
-
 /// The last segment file of `shard` named in the manifest under `data_dir`.
 fn segment_file(data_dir: &Path, shard: usize) -> PathBuf {
-    let dir = data_dir.join("appendonlydir");
+    let dir = aof_dir(data_dir);
     let manifest = std::fs::read_to_string(dir.join("manifest")).expect("manifest");
     let file = manifest
         .lines()
@@ -235,8 +90,8 @@ fn records(seg: &[u8]) -> Vec<Rec> {
 /// directory.
 fn copy_log(from: &Path) -> tempfile::TempDir {
     let to = tempfile::tempdir().expect("tempdir");
-    let src = from.join("appendonlydir");
-    let dst = to.path().join("appendonlydir");
+    let src = aof_dir(from);
+    let dst = aof_dir(to.path());
     std::fs::create_dir(&dst).expect("mkdir");
     for entry in std::fs::read_dir(&src).expect("read_dir") {
         let entry = entry.expect("entry");
@@ -289,20 +144,11 @@ fn start_refused(dir: &Path, shards: usize, extra: &[&str]) -> Refused {
         .stderr(File::create(&err).expect("stderr file"))
         .spawn()
         .expect("spawn corekv-server");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the server was expected to refuse to start but kept running; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_or_kill(&mut child, Duration::from_secs(20)) else {
+        panic!(
+            "the server was expected to refuse to start but kept running; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     };
     let output = format!(
         "{}\n{}",
@@ -535,8 +381,7 @@ fn always_workload(shards: usize) {
         m.set(&k, v);
     }
 
-    let dir = crash(server);
-    let server = restart(dir, shards, &args);
+    let server = crash_and_restart(server, shards, &args);
     verify(&server, &m, &maybe);
     // The log goes on after the restart.
     let mut raw = server.raw();
@@ -759,8 +604,7 @@ fn waitaof_acknowledged_writes_survive_kill_9_in_everysec_and_no() {
             }
             expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
         }
-        let dir = crash(server);
-        let server = restart(dir, shards, &args);
+        let server = crash_and_restart(server, shards, &args);
         verify(&server, &m, &BTreeMap::new());
     }
 }
@@ -776,8 +620,6 @@ const NUMREPLICAS: &str = "-ERR value is out of range, must be positive\r\n";
 const TIMEOUT_NEG: &str = "-ERR timeout is negative\r\n";
 const TIMEOUT_NOT_INT: &str = "-ERR timeout is not an integer or out of range\r\n";
 const TIMEOUT_RANGE: &str = "-ERR timeout is out of range\r\n";
-const AOF_DISABLED: &str =
-    "-ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled.\r\n";
 
 fn waitaof_argument_errors(raw: &mut Raw) {
     let cases: &[(&[&str], &str)] = &[
@@ -806,34 +648,12 @@ fn waitaof_argument_errors(raw: &mut Raw) {
         (&["waitaof", "0", "0", "-5"], TIMEOUT_NEG),
     ];
     for (args, reply) in cases {
-        expect(raw, args, reply.as_bytes());
+        expect(raw, args, reply);
     }
 }
 
-/// True if nothing arrives on `raw` for a little while (the command is blocked).
-fn no_reply_yet(raw: &mut Raw) -> bool {
-    raw.stream
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    let mut buf = [0u8; 64];
-    let silent = match raw.stream.read(&mut buf) {
-        Ok(_) => false,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    };
-    raw.stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    silent
-}
-
-fn connected_clients(raw: &mut Raw) -> i64 {
-    info_field(&info(raw, "clients"), "connected_clients")
-        .expect("connected_clients")
-        .parse()
-        .expect("number")
+fn connected_clients(raw: &mut Raw) -> u64 {
+    field_u64(&info(raw, "clients"), "connected_clients")
 }
 
 #[test]
@@ -843,22 +663,10 @@ fn waitaof_replies_and_errors_are_byte_exact() {
     let mut raw = off.raw();
     waitaof_argument_errors(&mut raw);
     expect(&mut raw, &["WAITAOF", "0", "0", "0"], ACK_0_0);
-    expect(
-        &mut raw,
-        &["WAITAOF", "1", "0", "0"],
-        AOF_DISABLED.as_bytes(),
-    );
-    expect(
-        &mut raw,
-        &["WAITAOF", "1", "5", "100"],
-        AOF_DISABLED.as_bytes(),
-    );
+    expect(&mut raw, &["WAITAOF", "1", "0", "0"], AOF_DISABLED);
+    expect(&mut raw, &["WAITAOF", "1", "5", "100"], AOF_DISABLED);
     // The arguments are parsed before the appendonly check.
-    expect(
-        &mut raw,
-        &["WAITAOF", "1", "0", "-1"],
-        TIMEOUT_NEG.as_bytes(),
-    );
+    expect(&mut raw, &["WAITAOF", "1", "0", "-1"], TIMEOUT_NEG);
     ok(&mut raw, &["SET", "k", "v"]);
     expect(&mut raw, &["WAITAOF", "0", "0", "0"], ACK_0_0);
     expect(&mut raw, &["WAITAOF", "0", "0", "50"], ACK_0_0);
@@ -892,7 +700,7 @@ fn waitaof_replies_and_errors_are_byte_exact() {
     expect(&mut fresh, &["EXEC"], b"*2\r\n+OK\r\n*2\r\n:1\r\n:0\r\n");
     // Arity errors are caught when queueing.
     ok(&mut fresh, &["MULTI"]);
-    expect(&mut fresh, &["WAITAOF", "1"], ARITY.as_bytes());
+    expect(&mut fresh, &["WAITAOF", "1"], ARITY);
     expect(
         &mut fresh,
         &["EXEC"],
@@ -960,15 +768,7 @@ fn waitaof_replies_and_errors_are_byte_exact() {
     // A client blocked in WAITAOF 1 0 0 on a stalled shard that disconnects; then the shard
     // resumes and others go on.
     let k0 = key_on(0, 2, "stalled-");
-    let mut waiter = on.raw();
-    ok(&mut raw, &["DEBUG", "FAULT", "0", "stall"]);
-    ok(&mut waiter, &["SET", &k0, "1"]);
-    waiter.send(&resp(&[b"WAITAOF", b"1", b"0", b"0"]));
-    assert!(
-        no_reply_yet(&mut waiter),
-        "WAITAOF 1 0 0 on a stalled shard did not block"
-    );
-    drop(waiter);
+    drop(blocked_waiter(&on, &mut raw, &k0));
     ok(&mut raw, &["DEBUG", "FAULT", "0", "resume"]);
     ok(&mut raw, &["SET", &k0, "2"]);
     expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
@@ -1074,8 +874,7 @@ fn torn_tail_is_cut_off_at_every_cut_point() {
         // Appending goes on cleanly where the cut was: a second crash loses nothing.
         ok(&mut raw, &["SET", "after", "cut"]);
         ok(&mut raw, &["SET", "after2", "cut2"]);
-        let again = crash(server);
-        let server = restart(again, 1, &args);
+        let server = crash_and_restart(server, 1, &args);
         let log = server.log_text();
         assert!(
             !log.contains("Truncating the AOF"),
@@ -1226,8 +1025,7 @@ fn cross_shard_write_half_durable_at_crash_is_rolled_back() {
             now[1].durable < now[1].end,
             "the stall did not hold shard 1's part back: {now:?}"
         );
-        let dir = crash(server);
-        let server = restart(dir, 2, &args);
+        let server = crash_and_restart(server, 2, &args);
         let mut raw = server.raw();
         expect(&mut raw, &["EXISTS", &a, &b], b":0\r\n");
         expect(&mut raw, &["GET", "pre0"], b"$1\r\np\r\n");
@@ -1248,8 +1046,7 @@ fn cross_shard_write_half_durable_at_crash_is_rolled_back() {
             CrossWrite::Mset => assert_eq!(reply, "+OK\r\n"),
             CrossWrite::MultiExec => assert_eq!(reply, "*2\r\n+OK\r\n+OK\r\n"),
         }
-        let dir = crash(server);
-        let server = restart(dir, 2, &args);
+        let server = crash_and_restart(server, 2, &args);
         let mut raw = server.raw();
         expect(&mut raw, &["GET", &a], b"$2\r\nva\r\n");
         expect(&mut raw, &["GET", &b], b"$2\r\nvb\r\n");
@@ -1292,8 +1089,7 @@ fn cross_shard_write_with_a_torn_part_on_one_shard_is_rolled_back_on_both() {
     );
     // New cross-shard writes work and survive after that.
     ok(&mut raw, &["MSET", &a, "va2", &b, "vb2"]);
-    let dir = crash(server);
-    let server = restart(dir, 2, &args);
+    let server = crash_and_restart(server, 2, &args);
     let mut raw = server.raw();
     expect(&mut raw, &["GET", &a], b"$3\r\nva2\r\n");
     expect(&mut raw, &["GET", &b], b"$3\r\nvb2\r\n");
@@ -1303,8 +1099,49 @@ fn cross_shard_write_with_a_torn_part_on_one_shard_is_rolled_back_on_both() {
 // 7. Injected disk errors
 // ------------------------------------------------------------------------------------------
 
+/// Sends a command expected to fail with an error starting with `prefix` (MISCONF replies go
+/// on with details that vary); `what` names the command in the failure message.
+#[track_caller]
+fn expect_refused(raw: &mut Raw, args: &[&str], prefix: &str, what: &str) {
+    let reply = raw.cmd_text(args);
+    assert!(
+        reply.starts_with(prefix),
+        "{what} answered {reply:?}, expected {prefix:?}"
+    );
+}
+
+/// Sends `args` until it answers `+OK` (a shard gets over a disk error at a later retry, not
+/// at once); `Err` with the last reply if `within` passes first.
+fn retry_until_ok(raw: &mut Raw, args: &[&str], within: Duration) -> Result<(), String> {
+    let mut last = String::new();
+    if eventually(within, || {
+        last = text(&raw.cmd(args));
+        last == "+OK\r\n"
+    }) {
+        Ok(())
+    } else {
+        Err(last)
+    }
+}
+
+/// Arms `fault` (`fail-sync`, `fail-write`) with `errno` on shard 0 for every attempt (a
+/// million of them) until [`lift_fault`].
+fn arm_lasting_fault(raw: &mut Raw, fault: &str, errno: &str) {
+    ok(raw, &["DEBUG", "FAULT", "0", fault, "1000000", errno]);
+}
+
+/// Lifts the lasting `fault` (`fail-sync`, `fail-write`) armed on shard 0 and waits until
+/// `write` is accepted again (at the shard's next retry, not at once).
+#[track_caller]
+fn lift_fault(raw: &mut Raw, fault: &str, write: &[&str]) {
+    ok(raw, &["DEBUG", "FAULT", "0", fault, "0"]);
+    if let Err(last) = retry_until_ok(raw, write, WITHIN) {
+        panic!("writes never resumed, last reply {last:?}");
+    }
+}
+
 fn last_write_status(raw: &mut Raw) -> String {
-    info_field(&info(raw, "persistence"), "aof_last_write_status").expect("aof_last_write_status")
+    field(&persistence(raw), "aof_last_write_status").expect("aof_last_write_status")
 }
 
 /// `always` mode, one failure armed that the shard gets over by itself.
@@ -1319,10 +1156,11 @@ fn always_transient_failure(fault: &[&str], misconf: &str) {
     let mut cmd = vec!["DEBUG", "FAULT", "0"];
     cmd.extend_from_slice(fault);
     ok(&mut raw, &cmd);
-    let reply = text(&raw.cmd(&["SET", &k0, "failed"]));
-    assert!(
-        reply.starts_with(misconf),
-        "{fault:?}: SET answered {reply:?}, expected {misconf:?}"
+    expect_refused(
+        &mut raw,
+        &["SET", &k0, "failed"],
+        misconf,
+        &format!("{fault:?}: SET"),
     );
     let status = last_write_status(&mut raw);
     assert!(
@@ -1333,19 +1171,13 @@ fn always_transient_failure(fault: &[&str], misconf: &str) {
     expect(&mut raw, &["GET", "pre"], b"$1\r\n1\r\n");
     expect(&mut raw, &["GET", &other0], b"$1\r\no\r\n");
     // The shard gets over it by itself.
-    let mut last = String::new();
-    assert!(
-        eventually(WITHIN, || {
-            last = text(&raw.cmd(&["SET", "later", "L"]));
-            last == "+OK\r\n"
-        }),
-        "{fault:?}: writes never resumed, last reply {last:?}"
-    );
+    if let Err(last) = retry_until_ok(&mut raw, &["SET", "later", "L"], WITHIN) {
+        panic!("{fault:?}: writes never resumed, last reply {last:?}");
+    }
     assert!(eventually(WITHIN, || last_write_status(&mut raw) == "ok"));
     ok(&mut raw, &["SET", &k0, "after"]);
     expect(&mut raw, &["INCR", "n"], b":1\r\n");
-    let dir = crash(server);
-    let server = restart(dir, 2, &args);
+    let server = crash_and_restart(server, 2, &args);
     let mut raw = server.raw();
     expect(&mut raw, &["GET", "pre"], b"$1\r\n1\r\n");
     expect(&mut raw, &["GET", "later"], b"$1\r\nL\r\n");
@@ -1367,27 +1199,25 @@ fn disk_errors_refuse_writes_then_recover_in_always_mode() {
     ok(&mut raw, &["SET", &k1, "before"]);
     let clean0 = key_on(0, 2, "clean");
     ok(&mut raw, &["SET", &clean0, "clean"]);
-    ok(
-        &mut raw,
-        &["DEBUG", "FAULT", "0", "fail-sync", "1000000", "EIO"],
-    );
-    let reply = text(&raw.cmd(&["SET", &k0, "failed"]));
-    assert!(reply.starts_with(MISCONF_EIO), "SET answered {reply:?}");
-    let info_text = info(&mut raw, "persistence");
+    arm_lasting_fault(&mut raw, "fail-sync", "EIO");
+    expect_refused(&mut raw, &["SET", &k0, "failed"], MISCONF_EIO, "SET");
+    let info_text = persistence(&mut raw);
     assert_eq!(
-        info_field(&info_text, "aof_last_write_status").as_deref(),
+        field(&info_text, "aof_last_write_status").as_deref(),
         Some("err")
     );
     assert!(shard_logs(&info_text)[0].write_errors > 0, "{info_text}");
-    let reply = text(&raw.cmd(&["SET", &key_on(0, 2, "refused"), "x"]));
-    assert!(
-        reply.starts_with(MISCONF_EIO),
-        "a write during the failure answered {reply:?}"
+    expect_refused(
+        &mut raw,
+        &["SET", &key_on(0, 2, "refused"), "x"],
+        MISCONF_EIO,
+        "a write during the failure",
     );
-    let reply = text(&raw.cmd(&["INCR", &k0]));
-    assert!(
-        reply.starts_with(MISCONF_EIO),
-        "INCR during the failure answered {reply:?}"
+    expect_refused(
+        &mut raw,
+        &["INCR", &k0],
+        MISCONF_EIO,
+        "INCR during the failure",
     );
     expect(&mut raw, &["GET", &k1], b"$6\r\nbefore\r\n");
     expect(&mut raw, &["GET", &clean0], b"$5\r\nclean\r\n");
@@ -1399,18 +1229,9 @@ fn disk_errors_refuse_writes_then_recover_in_always_mode() {
         "NOTE: GET of the key whose SET failed, while the failure lasts: {:?}",
         text(&raw.cmd(&["GET", &k0]))
     );
-    ok(&mut raw, &["DEBUG", "FAULT", "0", "fail-sync", "0"]);
-    let mut last = String::new();
-    assert!(
-        eventually(WITHIN, || {
-            last = text(&raw.cmd(&["SET", &k0, "after"]));
-            last == "+OK\r\n"
-        }),
-        "writes never resumed, last reply {last:?}"
-    );
+    lift_fault(&mut raw, "fail-sync", &["SET", &k0, "after"]);
     assert!(eventually(WITHIN, || last_write_status(&mut raw) == "ok"));
-    let dir = crash(server);
-    let server = restart(dir, 2, &args);
+    let server = crash_and_restart(server, 2, &args);
     let mut raw = server.raw();
     expect(&mut raw, &["GET", &k0], b"$5\r\nafter\r\n");
     expect(&mut raw, &["GET", &k1], b"$6\r\nbefore\r\n");
@@ -1426,64 +1247,44 @@ fn disk_errors_in_everysec_fail_waitaof_and_refuse_writes_until_retry_succeeds()
     ok(&mut raw, &["SET", &a, "1"]);
     ok(&mut raw, &["SET", &k1, "1"]);
     expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
-    ok(
-        &mut raw,
-        &["DEBUG", "FAULT", "0", "fail-sync", "1000000", "EIO"],
-    );
+    arm_lasting_fault(&mut raw, "fail-sync", "EIO");
     // everysec: the write answers at once; WAITAOF tells it did not reach the disk.
     ok(&mut raw, &["SET", &b, "2"]);
-    let reply = text(&raw.cmd(&["WAITAOF", "1", "0", "0"]));
-    assert!(
-        reply.starts_with(MISCONF_EIO),
-        "WAITAOF during a failing fsync answered {reply:?}"
+    expect_refused(
+        &mut raw,
+        &["WAITAOF", "1", "0", "0"],
+        MISCONF_EIO,
+        "WAITAOF during a failing fsync",
     );
     assert_eq!(last_write_status(&mut raw), "err");
     // Writes to the failing shard are refused, reads go on.
-    let reply = text(&raw.cmd(&["SET", &c, "3"]));
-    assert!(
-        reply.starts_with(MISCONF_EIO),
-        "SET during the failure answered {reply:?}"
+    expect_refused(
+        &mut raw,
+        &["SET", &c, "3"],
+        MISCONF_EIO,
+        "SET during the failure",
     );
     expect(&mut raw, &["GET", &a], b"$1\r\n1\r\n");
     expect(&mut raw, &["GET", &k1], b"$1\r\n1\r\n");
     // Until the retry succeeds.
-    ok(&mut raw, &["DEBUG", "FAULT", "0", "fail-sync", "0"]);
-    let mut last = String::new();
-    assert!(
-        eventually(WITHIN, || {
-            last = text(&raw.cmd(&["SET", &c, "3"]));
-            last == "+OK\r\n"
-        }),
-        "writes never resumed, last reply {last:?}"
-    );
+    lift_fault(&mut raw, "fail-sync", &["SET", &c, "3"]);
     expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
     assert_eq!(last_write_status(&mut raw), "ok");
 
     // fail-write with ENOSPC, same story.
-    ok(
-        &mut raw,
-        &["DEBUG", "FAULT", "0", "fail-write", "1000000", "ENOSPC"],
-    );
+    arm_lasting_fault(&mut raw, "fail-write", "ENOSPC");
     ok(&mut raw, &["SET", &a, "11"]);
-    let reply = text(&raw.cmd(&["WAITAOF", "1", "0", "0"]));
-    assert!(
-        reply.starts_with(MISCONF_ENOSPC),
-        "WAITAOF answered {reply:?}"
+    expect_refused(
+        &mut raw,
+        &["WAITAOF", "1", "0", "0"],
+        MISCONF_ENOSPC,
+        "WAITAOF",
     );
-    let reply = text(&raw.cmd(&["SET", &b, "22"]));
-    assert!(reply.starts_with(MISCONF_ENOSPC), "SET answered {reply:?}");
-    ok(&mut raw, &["DEBUG", "FAULT", "0", "fail-write", "0"]);
-    assert!(
-        eventually(WITHIN, || {
-            last = text(&raw.cmd(&["SET", &b, "22"]));
-            last == "+OK\r\n"
-        }),
-        "writes never resumed, last reply {last:?}"
-    );
+    expect_refused(&mut raw, &["SET", &b, "22"], MISCONF_ENOSPC, "SET");
+    lift_fault(&mut raw, "fail-write", &["SET", &b, "22"]);
     expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
 
-    let dir = crash(server);
-    let server = restart(dir, 2, &args);
+    let server = crash_and_restart(server, 2, &args);
     let mut raw = server.raw();
     expect(&mut raw, &["GET", &a], b"$2\r\n11\r\n");
     expect(&mut raw, &["GET", &b], b"$2\r\n22\r\n");
@@ -1581,14 +1382,7 @@ fn disk_report(server: &Server) -> String {
     let df = run("df", &["-k", &server.data_dir().display().to_string()]).unwrap_or_default();
     let ls = run(
         "ls",
-        &[
-            "-ls",
-            &server
-                .data_dir()
-                .join("appendonlydir")
-                .display()
-                .to_string(),
-        ],
+        &["-ls", &aof_dir(server.data_dir()).display().to_string()],
     )
     .unwrap_or_default();
     format!("df:\n{df}\nfiles:\n{ls}\nlog:\n{}", server.log_text())
@@ -1647,22 +1441,24 @@ fn full_disk_refuses_writes_then_recovers() {
     let got = bulk(&raw.cmd(&["GET", "big0"])).expect("big0");
     assert!(got == big_value(0), "big0 read back wrong");
     // Writes are refused while the disk is full.
-    let reply = text(&raw.cmd(&["SET", "during", "x"]));
-    assert!(
-        reply.starts_with("-MISCONF"),
-        "a write on the full disk answered {reply:?}"
+    expect_refused(
+        &mut raw,
+        &["SET", "during", "x"],
+        "-MISCONF",
+        "a write on the full disk",
     );
     // Space comes back: the log gets over it by itself.
     std::fs::remove_file(&filler_path).expect("remove filler");
-    let mut last = String::new();
-    assert!(
-        eventually(Duration::from_secs(20), || {
-            last = text(&raw.cmd(&["SET", "recovered", "yes"]));
-            last == "+OK\r\n"
-        }),
-        "writes never resumed after space came back, last reply {last:?}; {}",
-        disk_report(&server)
-    );
+    if let Err(last) = retry_until_ok(
+        &mut raw,
+        &["SET", "recovered", "yes"],
+        Duration::from_secs(20),
+    ) {
+        panic!(
+            "writes never resumed after space came back, last reply {last:?}; {}",
+            disk_report(&server)
+        );
+    }
     for i in 200..203 {
         let reply = raw.cmd_bytes(&[b"SET", format!("big{i}").as_bytes(), &big_value(i)]);
         assert_eq!(
@@ -1673,8 +1469,7 @@ fn full_disk_refuses_writes_then_recovers() {
         );
         acked.push(i);
     }
-    let dir = crash(server);
-    let server = restart(dir, 1, &args);
+    let server = crash_and_restart(server, 1, &args);
     let mut raw = server.raw();
     expect(&mut raw, &["GET", "small"], b"$1\r\ns\r\n");
     expect(&mut raw, &["GET", "recovered"], b"$3\r\nyes\r\n");
@@ -1705,17 +1500,6 @@ impl RawBytes for Raw {
 // ------------------------------------------------------------------------------------------
 // Start-up: no write is acknowledged before its shard's log is open
 // ------------------------------------------------------------------------------------------
-
-/// Waits until every shard's log is open (INFO persistence lists every shard). Writes made
-/// before that are exposed to the start-up race tested by
-/// `writes_during_start_up_are_logged_before_they_are_acknowledged`.
-fn settle(server: &Server, shards: usize) {
-    let mut raw = server.raw();
-    assert!(
-        eventually(Duration::from_secs(30), || logs(&mut raw).len() == shards),
-        "not every shard opened its log"
-    );
-}
 
 #[test]
 fn writes_during_start_up_are_logged_before_they_are_acknowledged() {

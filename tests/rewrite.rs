@@ -10,23 +10,21 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, resp, Raw, Server};
+use common::{
+    aof_dir, blocked_waiter, bulk, crash, crash_and_restart, eventually, expect, field, field_u64,
+    int, key_on, no_reply_yet, ok, persistence, resp, restart, shard_logs, shard_of, start, text,
+    Raw, Server, ACK_0_0, ACK_1_0, AOF_DISABLED, OK, QUEUED,
+};
 
-const OK: &[u8] = b"+OK\r\n";
-const ACK_1_0: &[u8] = b"*2\r\n:1\r\n:0\r\n";
 const STARTED: &[u8] = b"+Background append only file rewriting started\r\n";
 const SCHEDULED: &str = "+Background append only file rewriting scheduled\r\n";
 const IN_PROGRESS: &str = "-ERR Background append only file rewriting already in progress\r\n";
 const NEEDS_LOG: &str = "-ERR Background append only file rewriting needs the append-only log";
-const WAITAOF_OFF: &[u8] =
-    b"-ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled.\r\n";
 /// How long a state the test waits for may take to appear.
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -34,169 +32,78 @@ const WITHIN: Duration = Duration::from_secs(20);
 // Helpers
 // ------------------------------------------------------------------------------------------
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// The payload of a bulk-string reply; `None` for a null.
-fn bulk(reply: &[u8]) -> Option<Vec<u8>> {
-    if reply == b"$-1\r\n" || reply == b"_\r\n" {
-        return None;
-    }
-    assert!(reply.starts_with(b"$"), "not a bulk reply: {}", text(reply));
-    let nl = reply.iter().position(|&b| b == b'\n').expect("header line");
-    let len: usize = text(&reply[1..nl - 1]).parse().expect("bulk length");
-    Some(reply[nl + 1..nl + 1 + len].to_vec())
-}
-
-/// The value of an integer reply.
-fn int(reply: &[u8]) -> i64 {
-    assert!(
-        reply.starts_with(b":"),
-        "not an integer reply: {}",
-        text(reply)
-    );
-    text(&reply[1..reply.len() - 2]).parse().expect("integer")
-}
-
-/// Sends a command and asserts its exact reply.
+/// Polls `INFO persistence` until `done` holds for it; that INFO. Fails naming `what` (what
+/// did not happen) with the last INFO seen.
 #[track_caller]
-fn expect(raw: &mut Raw, args: &[&str], reply: &[u8]) {
-    let got = raw.cmd(args);
-    assert_eq!(
-        text(&got),
-        text(reply),
-        "reply to {args:?} (left: got, right: expected)"
-    );
+fn wait_info(raw: &mut Raw, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    let reached = eventually(WITHIN, || {
+        last = persistence(raw);
+        done(&last)
+    });
+    assert!(reached, "{what} within {WITHIN:?}:\n{last}");
+    last
 }
 
-#[track_caller]
-fn ok(raw: &mut Raw, args: &[&str]) {
-    expect(raw, args, OK);
-}
-
-/// `kill -9` the server and keep its data directory for a restart.
-fn crash(mut server: Server) -> tempfile::TempDir {
-    let status = Command::new("kill")
-        .args(["-9", &server.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -9 failed");
-    assert!(
-        server.wait_exit(Duration::from_secs(10)).is_some(),
-        "the server did not die after kill -9"
-    );
-    std::mem::replace(&mut server.dir, tempfile::tempdir().expect("tempdir"))
-}
-
-/// Starts a server with the log on and waits until every shard's log is open.
-fn start(shards: usize, args: &[&str]) -> Server {
-    let server = Server::start(shards, args);
-    settle(&server, shards);
-    server
-}
-
-/// Restarts on `dir` with the log on and waits until every shard's log is open.
-fn restart(dir: tempfile::TempDir, shards: usize, args: &[&str]) -> Server {
-    let server = Server::start_in(dir, shards, args);
-    settle(&server, shards);
-    server
-}
-
-/// Waits until INFO lists a log for every shard (writes made earlier race the start-up).
-fn settle(server: &Server, shards: usize) {
-    let mut raw = server.raw();
-    assert!(
-        eventually(WITHIN, || shard_logs(&info(&mut raw)) == shards),
-        "not every shard opened its log"
-    );
-}
-
-/// `INFO persistence` as text.
-fn info(raw: &mut Raw) -> String {
-    text(&bulk(&raw.cmd(&["INFO", "persistence"])).expect("INFO text"))
-}
-
-fn field(info: &str, name: &str) -> Option<String> {
-    info.lines().find_map(|l| {
-        l.strip_prefix(&format!("{name}:"))
-            .map(|v| v.trim().to_string())
-    })
-}
-
-#[track_caller]
-fn field_u64(info: &str, name: &str) -> u64 {
-    field(info, name)
-        .unwrap_or_else(|| panic!("INFO persistence has no {name}:\n{info}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{name} is not a number:\n{info}"))
-}
-
-/// How many shards INFO shows an open log for.
-fn shard_logs(info: &str) -> usize {
-    info.lines().filter(|l| l.starts_with("aof_shard")).count()
+/// True if INFO shows no rewrite running.
+fn no_rewrite(info: &str) -> bool {
+    field(info, "aof_rewrite_in_progress").as_deref() == Some("0")
 }
 
 /// Polls INFO until no rewrite runs and at least `at_least` have completed; that INFO.
 #[track_caller]
 fn wait_rewrites(raw: &mut Raw, at_least: u64) -> String {
-    let mut last = String::new();
-    let done = eventually(WITHIN, || {
-        last = info(raw);
-        field(&last, "aof_rewrite_in_progress").as_deref() == Some("0")
-            && field_u64(&last, "aof_rewrites") >= at_least
-    });
-    assert!(
-        done,
-        "no finished rewrite number {at_least} within {WITHIN:?}:\n{last}"
-    );
-    last
+    wait_info(
+        raw,
+        &format!("no finished rewrite number {at_least}"),
+        |info| no_rewrite(info) && field_u64(info, "aof_rewrites") >= at_least,
+    )
 }
 
 /// Polls until the log is on for every shard and no rewrite runs (after CONFIG SET appendonly
 /// yes); that INFO.
 #[track_caller]
 fn wait_log_on(raw: &mut Raw, shards: usize) -> String {
-    let mut last = String::new();
-    let done = eventually(WITHIN, || {
-        last = info(raw);
-        field(&last, "aof_enabled").as_deref() == Some("1")
-            && field(&last, "aof_rewrite_in_progress").as_deref() == Some("0")
-            && shard_logs(&last) == shards
-    });
-    assert!(done, "the log did not come on within {WITHIN:?}:\n{last}");
-    last
+    wait_info(raw, "the log did not come on", |info| {
+        field(info, "aof_enabled").as_deref() == Some("1")
+            && no_rewrite(info)
+            && shard_logs(info).len() == shards
+    })
 }
 
-fn shard_of(key: &str, shards: usize) -> usize {
-    corekv::shard::routing::SlotMap::new(shards).shard_of_key(key.as_bytes())
+/// Turns automatic rewrites on for a log grown by 100 % and past `min_size`.
+fn auto_rewrite_over(raw: &mut Raw, min_size: &str) {
+    ok(
+        raw,
+        &[
+            "CONFIG",
+            "SET",
+            "auto-aof-rewrite-percentage",
+            "100",
+            "auto-aof-rewrite-min-size",
+            min_size,
+        ],
+    );
 }
 
-/// The first key `<prefix><n>` that lives on `shard` of `shards`.
-fn key_on(shard: usize, shards: usize, prefix: &str) -> String {
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|k| shard_of(k, shards) == shard)
-        .expect("a key")
+/// Asserts that INFO says the last rewrite succeeded.
+#[track_caller]
+fn assert_last_rewrite_ok(info: &str) {
+    assert_eq!(
+        field(info, "aof_last_bgrewrite_status").as_deref(),
+        Some("ok"),
+        "the last rewrite failed:\n{info}"
+    );
 }
 
-/// True if nothing arrives on `raw` for a little while (the command is blocked).
-fn no_reply_yet(raw: &mut Raw) -> bool {
-    raw.stream
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    let mut buf = [0u8; 64];
-    let silent = match raw.stream.read(&mut buf) {
-        Ok(_) => false,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    };
-    raw.stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    silent
+/// BGREWRITEAOF, then waits until it is done (`nth` rewrites finished since the server started)
+/// and asserts it succeeded; the INFO after it.
+#[track_caller]
+fn rewrite_now(raw: &mut Raw, nth: u64) -> String {
+    expect(raw, &["BGREWRITEAOF"], STARTED);
+    let done = wait_rewrites(raw, nth);
+    assert_last_rewrite_ok(&done);
+    done
 }
 
 // --- The manifest and the directory --------------------------------------------------------
@@ -219,10 +126,13 @@ impl Manifest {
             .chain(self.segments.iter().map(|s| s.2.clone()))
             .collect()
     }
-}
 
-fn aof_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("appendonlydir")
+    /// The files the AOF directory should hold: those named and the manifest itself.
+    fn expected_files(&self) -> BTreeSet<String> {
+        let mut files = self.files();
+        files.insert("manifest".to_string());
+        files
+    }
 }
 
 fn read_manifest(data_dir: &Path) -> Manifest {
@@ -259,6 +169,15 @@ fn dir_files(data_dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every file of the current chain, named or not yet named in the manifest (the manifest
+/// itself aside): what a rewrite or a restart of the log should leave none of.
+fn chain_files(data_dir: &Path) -> BTreeSet<String> {
+    let mut files = read_manifest(data_dir).files();
+    files.extend(dir_files(data_dir));
+    files.remove("manifest");
+    files
+}
+
 /// After a finished rewrite of every shard at `epoch`: each shard's chain is its base of that
 /// epoch and segments opened at that cut, the directory holds exactly the named files, and none
 /// of `old` (the files before the rewrite) is left.
@@ -282,8 +201,7 @@ fn assert_compacted(data_dir: &Path, shards: usize, epoch: u64, old: &BTreeSet<S
             );
         }
     }
-    let mut expected = m.files();
-    expected.insert("manifest".to_string());
+    let expected = m.expected_files();
     assert_eq!(
         dir_files(data_dir),
         expected,
@@ -366,6 +284,12 @@ impl Model {
             .1 = None;
     }
 
+    /// [`Model::verify`] with no unacknowledged write in doubt.
+    #[track_caller]
+    fn verify_exact(&self, server: &Server, when: &str) {
+        self.verify(server, when, &BTreeMap::new());
+    }
+
     /// Checks every key (value, TTL present or not) and that databases 0..4 hold no other key,
     /// except those in `maybe` ((db, key) → the only value it may have).
     #[track_caller]
@@ -418,6 +342,13 @@ impl Model {
     }
 }
 
+/// `n` items `<key><i>` = `<value><i>`, all with `ttl`, for [`Model::set_many`].
+fn numbered(n: usize, key: &str, value: &str, ttl: Ttl) -> Vec<(String, Vec<u8>, Ttl)> {
+    (0..n)
+        .map(|i| (format!("{key}{i}"), format!("{value}{i}").into_bytes(), ttl))
+        .collect()
+}
+
 /// The elements of a flat array of bulk strings.
 fn keys_of(reply: &[u8]) -> BTreeSet<String> {
     let body = text(reply);
@@ -459,7 +390,7 @@ fn bgrewriteaof_replies_started_in_progress_scheduled_and_needs_the_log() {
     let server = start(2, &["--appendonly", "yes"]);
     let mut raw = server.raw();
     ok(&mut raw, &["SET", "k", "v"]);
-    let before = info(&mut raw);
+    let before = persistence(&mut raw);
     assert_eq!(field_u64(&before, "aof_rewrites"), 0);
     assert_eq!(field_u64(&before, "aof_rewrite_in_progress"), 0);
 
@@ -467,7 +398,7 @@ fn bgrewriteaof_replies_started_in_progress_scheduled_and_needs_the_log() {
     // while the next commands arrive.
     ok(&mut raw, &["DEBUG", "FAULT", "0", "stall"]);
     expect(&mut raw, &["BGREWRITEAOF"], STARTED);
-    let running = info(&mut raw);
+    let running = persistence(&mut raw);
     assert_eq!(
         field_u64(&running, "aof_rewrite_in_progress"),
         1,
@@ -476,29 +407,22 @@ fn bgrewriteaof_replies_started_in_progress_scheduled_and_needs_the_log() {
     assert_eq!(raw.cmd_text(&["BGREWRITEAOF"]), IN_PROGRESS);
     // Inside EXEC too, as Valkey answers while its rewrite child runs.
     ok(&mut raw, &["MULTI"]);
-    expect(&mut raw, &["BGREWRITEAOF"], b"+QUEUED\r\n");
+    expect(&mut raw, &["BGREWRITEAOF"], QUEUED);
     assert_eq!(raw.cmd_text(&["EXEC"]), format!("*1\r\n{IN_PROGRESS}"));
     ok(&mut raw, &["DEBUG", "FAULT", "0", "resume"]);
     let after = wait_rewrites(&mut raw, 1);
     assert_eq!(field_u64(&after, "aof_rewrites"), 1, "{after}");
-    assert_eq!(
-        field(&after, "aof_last_bgrewrite_status").as_deref(),
-        Some("ok")
-    );
+    assert_last_rewrite_ok(&after);
     assert_eq!(field_u64(&after, "aof_rewrites_consecutive_failures"), 0);
     assert_eq!(field_u64(&after, "aof_rewrite_scheduled"), 0);
     assert!(field_u64(&after, "aof_base_size") > 0, "{after}");
 
     // Inside MULTI/EXEC with no rewrite running: scheduled, and it does run.
     ok(&mut raw, &["MULTI"]);
-    expect(&mut raw, &["BGREWRITEAOF"], b"+QUEUED\r\n");
-    expect(&mut raw, &["SET", "k", "v2"], b"+QUEUED\r\n");
+    expect(&mut raw, &["BGREWRITEAOF"], QUEUED);
+    expect(&mut raw, &["SET", "k", "v2"], QUEUED);
     assert_eq!(raw.cmd_text(&["EXEC"]), format!("*2\r\n{SCHEDULED}+OK\r\n"));
-    let after = wait_rewrites(&mut raw, 2);
-    assert_eq!(
-        field(&after, "aof_last_bgrewrite_status").as_deref(),
-        Some("ok")
-    );
+    assert_last_rewrite_ok(&wait_rewrites(&mut raw, 2));
     expect(&mut raw, &["GET", "k"], b"$2\r\nv2\r\n");
 }
 
@@ -542,16 +466,7 @@ fn rewrite_shrinks_the_log_and_survives_kill_9(shards: usize) {
         Ttl::None,
     );
     m.del(&mut raw, 0, "gone");
-    let in_db3: Vec<_> = (0..30)
-        .map(|i| {
-            (
-                format!("db3-{i}"),
-                format!("three-{i}").into_bytes(),
-                Ttl::None,
-            )
-        })
-        .collect();
-    m.set_many(&mut raw, 3, &in_db3);
+    m.set_many(&mut raw, 3, &numbered(30, "db3-", "three-", Ttl::None));
     m.set(&mut raw, 3, "db3-volatile", b"t", Ttl::Ex(2000));
     // A key that expires before the rewrite must not come back from the base.
     ok(&mut raw, &["SELECT", "0"]);
@@ -561,25 +476,17 @@ fn rewrite_shrinks_the_log_and_survives_kill_9(shards: usize) {
         "a key with PX 1 did not expire"
     );
 
-    let before = info(&mut raw);
+    let before = persistence(&mut raw);
     let size_before = field_u64(&before, "aof_current_size");
     let rewrites_before = field_u64(&before, "aof_rewrites");
     let manifest_before = read_manifest(server.data_dir());
-    let mut old_files = manifest_before.files();
-    old_files.extend(dir_files(server.data_dir()));
-    old_files.remove("manifest");
+    let old_files = chain_files(server.data_dir());
     assert!(
         size_before > 2_000_000,
         "30000 SETs should log more than 2 MB, INFO says {size_before}"
     );
 
-    expect(&mut raw, &["BGREWRITEAOF"], STARTED);
-    let after = wait_rewrites(&mut raw, rewrites_before + 1);
-    assert_eq!(
-        field(&after, "aof_last_bgrewrite_status").as_deref(),
-        Some("ok"),
-        "{after}"
-    );
+    let after = rewrite_now(&mut raw, rewrites_before + 1);
     let size_after = field_u64(&after, "aof_current_size");
     let base_size = field_u64(&after, "aof_base_size");
     assert!(
@@ -594,14 +501,8 @@ fn rewrite_shrinks_the_log_and_survives_kill_9(shards: usize) {
     assert_compacted(server.data_dir(), shards, epoch, &old_files);
 
     // Writes after the cut: overwrites, new keys, DEL, EXPIRE and PERSIST of keys in the base.
-    let fresh: Vec<_> = (0..10)
-        .map(|i| {
-            (
-                format!("hot{i}"),
-                format!("after-{i}").into_bytes(),
-                Ttl::None,
-            )
-        })
+    let fresh: Vec<_> = numbered(10, "hot", "after-", Ttl::None)
+        .into_iter()
         .chain((0..10).map(|i| (format!("new{i}"), b"n".to_vec(), Ttl::Px(3_000_000))))
         .collect();
     m.set_many(&mut raw, 0, &fresh);
@@ -610,38 +511,25 @@ fn rewrite_shrinks_the_log_and_survives_kill_9(shards: usize) {
     m.persist(&mut raw, 0, "px0");
     m.del(&mut raw, 3, "db3-0");
     expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
-    m.verify(&server, "before the crash", &BTreeMap::new());
+    m.verify_exact(&server, "before the crash");
 
-    let dir = crash(server);
-    let server = restart(dir, shards, &args);
-    m.verify(&server, "after kill -9 and restart", &BTreeMap::new());
+    let server = crash_and_restart(server, shards, &args);
+    m.verify_exact(&server, "after kill -9 and restart");
     let mut raw = server.raw();
-    let loaded = info(&mut raw);
+    let loaded = persistence(&mut raw);
     assert!(
         field_u64(&loaded, "aof_base_size") > 100_000,
         "INFO after the restart should count the bases: {loaded}"
     );
 
     // A second rewrite replaces the bases of the first.
-    let mut old_files = read_manifest(server.data_dir()).files();
-    old_files.extend(dir_files(server.data_dir()));
-    old_files.remove("manifest");
-    expect(&mut raw, &["BGREWRITEAOF"], STARTED);
-    let again = wait_rewrites(&mut raw, 1);
-    assert_eq!(
-        field(&again, "aof_last_bgrewrite_status").as_deref(),
-        Some("ok")
-    );
+    let old_files = chain_files(server.data_dir());
+    rewrite_now(&mut raw, 1);
     assert_compacted(server.data_dir(), shards, epoch + 1, &old_files);
     m.set(&mut raw, 0, "after-second-rewrite", b"2", Ttl::None);
     expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
-    let dir = crash(server);
-    let server = restart(dir, shards, &args);
-    m.verify(
-        &server,
-        "after the second rewrite and restart",
-        &BTreeMap::new(),
-    );
+    let server = crash_and_restart(server, shards, &args);
+    m.verify_exact(&server, "after the second rewrite and restart");
 }
 
 #[test]
@@ -739,13 +627,7 @@ fn acknowledged_writes_during_rewrites_survive_kill_9_in_always_mode() {
             eventually(WITHIN, || progress.load(Ordering::Acquire) >= target),
             "the writers stopped making progress"
         );
-        expect(&mut raw, &["BGREWRITEAOF"], STARTED);
-        let done = wait_rewrites(&mut raw, round);
-        assert_eq!(
-            field(&done, "aof_last_bgrewrite_status").as_deref(),
-            Some("ok"),
-            "rewrite {round}: {done}"
-        );
+        rewrite_now(&mut raw, round);
     }
     // More writes after the last rewrite, then stop so that every write sent was acknowledged.
     let target = progress.load(Ordering::Acquire) + 300;
@@ -755,8 +637,7 @@ fn acknowledged_writes_during_rewrites_survive_kill_9_in_always_mode() {
     let paired = pairs.join().expect("the cross-shard writer failed");
     assert!(paired.iter().all(|&n| n > 0), "no cross-shard write made");
 
-    let dir = crash(server);
-    let server = restart(dir, SHARDS, &args);
+    let server = crash_and_restart(server, SHARDS, &args);
     let mut raw = server.raw();
     for (k, &v) in counters.iter().zip(&counted) {
         expect(
@@ -882,17 +763,7 @@ fn auto_rewrite_starts_on_growth_and_keeps_the_log_bounded() {
     let args = ["--appendonly", "yes"];
     let server = start(SHARDS, &args);
     let mut raw = server.raw();
-    ok(
-        &mut raw,
-        &[
-            "CONFIG",
-            "SET",
-            "auto-aof-rewrite-percentage",
-            "100",
-            "auto-aof-rewrite-min-size",
-            "1mb",
-        ],
-    );
+    auto_rewrite_over(&mut raw, "1mb");
     let mut m = Model::default();
     // Endless overwrites of the same keys: 100 KB a round, 16 MB in all, 50 KB of live data.
     let bound = 3 * MIN_SIZE * SHARDS as u64;
@@ -909,11 +780,11 @@ fn auto_rewrite_starts_on_growth_and_keeps_the_log_bounded() {
         max_files = max_files.max(dir_files(server.data_dir()).len());
         // The cron looks 10 times a second and these writes can outrun it: past the bound,
         // the automatic rewrites must bring the log back down once they get the time.
-        let mut size = field_u64(&info(&mut raw), "aof_current_size");
+        let mut size = field_u64(&persistence(&mut raw), "aof_current_size");
         if size > bound {
             assert!(
                 eventually(WITHIN, || {
-                    size = field_u64(&info(&mut raw), "aof_current_size");
+                    size = field_u64(&persistence(&mut raw), "aof_current_size");
                     size <= bound
                 }),
                 "round {round}: no automatic rewrite brought the log ({size} bytes) back under \
@@ -929,11 +800,7 @@ fn auto_rewrite_starts_on_growth_and_keeps_the_log_bounded() {
     // One automatic rewrite serves every shard that is due, so 16 MB of overwrites over a
     // 1 MB threshold take a few of them, not one per shard and threshold.
     let last = wait_rewrites(&mut raw, 2);
-    assert_eq!(
-        field(&last, "aof_last_bgrewrite_status").as_deref(),
-        Some("ok"),
-        "{last}"
-    );
+    assert_last_rewrite_ok(&last);
     assert_eq!(field_u64(&last, "aof_rewrites_consecutive_failures"), 0);
     let final_size = field_u64(&last, "aof_current_size");
     assert!(
@@ -947,9 +814,7 @@ fn auto_rewrite_starts_on_growth_and_keeps_the_log_bounded() {
         "the AOF directory held up to {max_files} files"
     );
     let manifest = read_manifest(server.data_dir());
-    let mut named = manifest.files();
-    named.insert("manifest".to_string());
-    assert_eq!(dir_files(server.data_dir()), named);
+    assert_eq!(dir_files(server.data_dir()), manifest.expected_files());
     for shard in 0..SHARDS {
         assert!(
             manifest.bases.iter().any(|b| b.0 == shard),
@@ -958,13 +823,8 @@ fn auto_rewrite_starts_on_growth_and_keeps_the_log_bounded() {
     }
 
     expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
-    let dir = crash(server);
-    let server = restart(dir, SHARDS, &args);
-    m.verify(
-        &server,
-        "after automatic rewrites and kill -9",
-        &BTreeMap::new(),
-    );
+    let server = crash_and_restart(server, SHARDS, &args);
+    m.verify_exact(&server, "after automatic rewrites and kill -9");
 }
 
 #[test]
@@ -974,17 +834,7 @@ fn auto_rewrite_reaches_every_shard_under_sustained_writes() {
     let server = start(SHARDS, &["--appendonly", "yes"]);
     let mut raw = server.raw();
     // A threshold every shard passes again between two cron ticks while the writes go on.
-    ok(
-        &mut raw,
-        &[
-            "CONFIG",
-            "SET",
-            "auto-aof-rewrite-percentage",
-            "100",
-            "auto-aof-rewrite-min-size",
-            "4kb",
-        ],
-    );
+    auto_rewrite_over(&mut raw, "4kb");
     let keys: Vec<String> = (0..SHARDS)
         .flat_map(|s| (0..10).map(move |i| key_on(s, SHARDS, &format!("s{s}k{i}-"))))
         .collect();
@@ -1000,7 +850,7 @@ fn auto_rewrite_reaches_every_shard_under_sustained_writes() {
         for _ in &keys {
             assert_eq!(raw.reply(), OK);
         }
-        let last = info(&mut raw);
+        let last = persistence(&mut raw);
         if field_u64(&last, "aof_rewrites") >= REWRITES {
             break;
         }
@@ -1029,24 +879,15 @@ fn appendonly_turned_on_at_runtime_logs_everything_and_survives_kill_9() {
     const SHARDS: usize = 2;
     let server = Server::start(SHARDS, &[]);
     let mut raw = server.raw();
-    let off = info(&mut raw);
+    let off = persistence(&mut raw);
     assert_eq!(field_u64(&off, "aof_enabled"), 0);
-    assert_eq!(shard_logs(&off), 0);
+    assert_eq!(shard_logs(&off).len(), 0);
     assert!(
         !aof_dir(server.data_dir()).exists(),
         "a server with appendonly no should not make a log"
     );
     let mut m = Model::default();
-    let items: Vec<_> = (0..200)
-        .map(|i| {
-            (
-                format!("before{i}"),
-                format!("b{i}").into_bytes(),
-                Ttl::None,
-            )
-        })
-        .collect();
-    m.set_many(&mut raw, 0, &items);
+    m.set_many(&mut raw, 0, &numbered(200, "before", "b", Ttl::None));
     m.set(&mut raw, 0, "before-ex", b"e", Ttl::Ex(1000));
     m.set(&mut raw, 0, "before-px", b"p", Ttl::Px(2_000_000));
     m.set(&mut raw, 0, "before-binary", &binary_value(), Ttl::None);
@@ -1054,24 +895,12 @@ fn appendonly_turned_on_at_runtime_logs_everything_and_survives_kill_9() {
 
     ok(&mut raw, &["CONFIG", "SET", "appendonly", "yes"]);
     // Valkey reports the log as enabled at once, while its first rewrite still runs.
-    assert_eq!(field_u64(&info(&mut raw), "aof_enabled"), 1);
+    assert_eq!(field_u64(&persistence(&mut raw), "aof_enabled"), 1);
     // Writes while the log is being turned on land in the base or in the first segments.
-    let during: Vec<_> = (0..50)
-        .map(|i| {
-            (
-                format!("during{i}"),
-                format!("d{i}").into_bytes(),
-                Ttl::None,
-            )
-        })
-        .collect();
-    m.set_many(&mut raw, 0, &during);
+    m.set_many(&mut raw, 0, &numbered(50, "during", "d", Ttl::None));
     let on = wait_log_on(&mut raw, SHARDS);
     assert!(field_u64(&on, "aof_rewrites") >= 1, "{on}");
-    assert_eq!(
-        field(&on, "aof_last_bgrewrite_status").as_deref(),
-        Some("ok")
-    );
+    assert_last_rewrite_ok(&on);
     let manifest = read_manifest(server.data_dir());
     assert!(manifest.epoch >= 1, "{manifest:?}");
     for shard in 0..SHARDS {
@@ -1081,29 +910,18 @@ fn appendonly_turned_on_at_runtime_logs_everything_and_survives_kill_9() {
         );
     }
 
-    let after: Vec<_> = (0..100)
-        .map(|i| {
-            (
-                format!("after{i}"),
-                format!("a{i}").into_bytes(),
-                Ttl::Px(4_000_000),
-            )
-        })
+    let after: Vec<_> = numbered(100, "after", "a", Ttl::Px(4_000_000))
+        .into_iter()
         .chain((0..20).map(|i| (format!("before{i}"), b"overwritten".to_vec(), Ttl::None)))
         .collect();
     m.set_many(&mut raw, 0, &after);
     m.del(&mut raw, 0, "before150");
     m.persist(&mut raw, 0, "before-px");
     expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
-    m.verify(&server, "before the crash", &BTreeMap::new());
+    m.verify_exact(&server, "before the crash");
 
-    let dir = crash(server);
-    let server = restart(dir, SHARDS, &["--appendonly", "yes"]);
-    m.verify(
-        &server,
-        "after turning the log on at runtime and kill -9",
-        &BTreeMap::new(),
-    );
+    let server = crash_and_restart(server, SHARDS, &["--appendonly", "yes"]);
+    m.verify_exact(&server, "after turning the log on at runtime and kill -9");
 }
 
 #[test]
@@ -1114,29 +932,22 @@ fn appendonly_turned_off_at_runtime_fails_waitaof_and_releases_blocked_waiters()
     let k0 = key_on(0, SHARDS, "stalled-");
 
     // A waiter blocked in WAITAOF on a shard whose log does not move.
-    let mut waiter = server.raw();
-    ok(&mut control, &["DEBUG", "FAULT", "0", "stall"]);
-    ok(&mut waiter, &["SET", &k0, "1"]);
-    waiter.send(&resp(&[b"WAITAOF", b"1", b"0", b"0"]));
-    assert!(
-        no_reply_yet(&mut waiter),
-        "WAITAOF 1 0 0 on a stalled shard did not block"
-    );
+    let mut waiter = blocked_waiter(&server, &mut control, &k0);
     ok(&mut control, &["CONFIG", "SET", "appendonly", "no"]);
     // Valkey answers a blocked WAITAOF this way once the log is turned off.
-    assert_eq!(text(&waiter.reply()), text(WAITAOF_OFF));
+    assert_eq!(text(&waiter.reply()), AOF_DISABLED);
     ok(&mut control, &["DEBUG", "FAULT", "0", "resume"]);
 
-    let off = info(&mut control);
+    let off = persistence(&mut control);
     assert_eq!(field_u64(&off, "aof_enabled"), 0, "{off}");
-    assert_eq!(shard_logs(&off), 0, "a shard still has a log open:\n{off}");
-    expect(&mut waiter, &["WAITAOF", "1", "0", "0"], WAITAOF_OFF);
-    expect(&mut control, &["WAITAOF", "1", "0", "0"], WAITAOF_OFF);
-    expect(
-        &mut control,
-        &["WAITAOF", "0", "0", "0"],
-        b"*2\r\n:0\r\n:0\r\n",
+    assert_eq!(
+        shard_logs(&off).len(),
+        0,
+        "a shard still has a log open:\n{off}"
     );
+    expect(&mut waiter, &["WAITAOF", "1", "0", "0"], AOF_DISABLED);
+    expect(&mut control, &["WAITAOF", "1", "0", "0"], AOF_DISABLED);
+    expect(&mut control, &["WAITAOF", "0", "0", "0"], ACK_0_0);
     let reply = control.cmd_text(&["BGREWRITEAOF"]);
     assert!(
         reply.starts_with(NEEDS_LOG),
@@ -1163,14 +974,7 @@ fn turning_the_log_off_during_a_rewrite_is_not_a_rewrite_failure() {
     expect(&mut raw, &["BGREWRITEAOF"], STARTED);
     ok(&mut raw, &["CONFIG", "SET", "appendonly", "no"]);
     ok(&mut raw, &["DEBUG", "FAULT", "0", "resume"]);
-    let mut last = String::new();
-    assert!(
-        eventually(WITHIN, || {
-            last = info(&mut raw);
-            field(&last, "aof_rewrite_in_progress").as_deref() == Some("0")
-        }),
-        "the cancelled rewrite never ended:\n{last}"
-    );
+    let last = wait_info(&mut raw, "the cancelled rewrite never ended", no_rewrite);
     // Valkey kills its rewrite child with SIGUSR1 here, which it does not count as a failure
     // (and failures in a row make automatic rewrites back off for minutes).
     assert_eq!(
@@ -1188,8 +992,7 @@ fn turning_the_log_off_during_a_rewrite_is_not_a_rewrite_failure() {
     wait_log_on(&mut raw, SHARDS);
     ok(&mut raw, &["SET", "k", "v2"]);
     expect(&mut raw, &["WAITAOF", "1", "0", "0"], ACK_1_0);
-    let dir = crash(server);
-    let server = restart(dir, SHARDS, &["--appendonly", "yes"]);
+    let server = crash_and_restart(server, SHARDS, &["--appendonly", "yes"]);
     expect(&mut server.raw(), &["GET", "k"], b"$2\r\nv2\r\n");
 }
 
@@ -1201,14 +1004,8 @@ fn appendonly_toggled_repeatedly_keeps_the_latest_data_and_removes_old_chains() 
     let mut raw = server.raw();
     let mut m = Model::default();
     let version = |m: &mut Model, raw: &mut Raw, tag: &str| {
-        let items: Vec<_> = (0..40)
-            .map(|i| {
-                (
-                    format!("k{i}"),
-                    format!("{tag}-{i}").into_bytes(),
-                    Ttl::None,
-                )
-            })
+        let items: Vec<_> = numbered(40, "k", &format!("{tag}-"), Ttl::None)
+            .into_iter()
             .chain(std::iter::once((
                 format!("only-{tag}"),
                 b"x".to_vec(),
@@ -1219,11 +1016,9 @@ fn appendonly_toggled_repeatedly_keeps_the_latest_data_and_removes_old_chains() 
     };
     version(&mut m, &mut raw, "v0");
 
-    let mut rewrites = field_u64(&info(&mut raw), "aof_rewrites");
+    let mut rewrites = field_u64(&persistence(&mut raw), "aof_rewrites");
     for cycle in 1..=3 {
-        let mut old = read_manifest(server.data_dir()).files();
-        old.extend(dir_files(server.data_dir()));
-        old.remove("manifest");
+        let old = chain_files(server.data_dir());
         ok(&mut raw, &["CONFIG", "SET", "appendonly", "no"]);
         version(&mut m, &mut raw, &format!("off{cycle}"));
         ok(&mut raw, &["CONFIG", "SET", "appendonly", "yes"]);
@@ -1234,9 +1029,7 @@ fn appendonly_toggled_repeatedly_keeps_the_latest_data_and_removes_old_chains() 
         );
         rewrites = field_u64(&on, "aof_rewrites");
         // The new chain is all new files; the old chain's are gone.
-        let manifest = read_manifest(server.data_dir());
-        let mut named = manifest.files();
-        named.insert("manifest".to_string());
+        let named = read_manifest(server.data_dir()).expected_files();
         let present = dir_files(server.data_dir());
         assert_eq!(
             present, named,
@@ -1265,14 +1058,14 @@ fn appendonly_toggled_repeatedly_keeps_the_latest_data_and_removes_old_chains() 
     let mut last = server.raw();
     version(&mut m, &mut last, "final");
     expect(&mut last, &["WAITAOF", "1", "0", "0"], ACK_1_0);
-    m.verify(&server, "before the crash", &BTreeMap::new());
-    let mut named = read_manifest(server.data_dir()).files();
-    named.insert("manifest".to_string());
-    assert_eq!(dir_files(server.data_dir()), named);
+    m.verify_exact(&server, "before the crash");
+    assert_eq!(
+        dir_files(server.data_dir()),
+        read_manifest(server.data_dir()).expected_files()
+    );
 
-    let dir = crash(server);
-    let server = restart(dir, SHARDS, &args);
-    m.verify(&server, "after toggling and kill -9", &BTreeMap::new());
+    let server = crash_and_restart(server, SHARDS, &args);
+    m.verify_exact(&server, "after toggling and kill -9");
 }
 
 #[test]
@@ -1302,8 +1095,7 @@ fn waitaof_counts_writes_made_after_the_log_was_turned_off_and_on_again() {
     let mut fresh = server.raw();
     ok(&mut fresh, &["SET", "fresh", "1"]);
     expect(&mut fresh, &["WAITAOF", "1", "0", "0"], ACK_1_0);
-    let dir = crash(server);
-    let server = restart(dir, SHARDS, &args);
+    let server = crash_and_restart(server, SHARDS, &args);
     let mut raw = server.raw();
     for shard in 0..SHARDS {
         expect(
@@ -1340,14 +1132,7 @@ fn turning_the_log_on_again_is_not_held_back_by_cancelled_starts() {
         ok(&mut raw, &["CONFIG", "SET", "appendonly", "no"]);
         ok(&mut raw, &["CONFIG", "SET", "appendonly", "yes"]);
         ok(&mut raw, &["CONFIG", "SET", "appendonly", "no"]);
-        let mut last = String::new();
-        assert!(
-            eventually(WITHIN, || {
-                last = info(&mut raw);
-                field(&last, "aof_rewrite_in_progress").as_deref() == Some("0")
-            }),
-            "a cancelled start never ended:\n{last}"
-        );
+        wait_info(&mut raw, "a cancelled start never ended", no_rewrite);
     }
     // On again while the last cancelled start may still wind down: the log must come on.
     ok(&mut raw, &["CONFIG", "SET", "appendonly", "yes"]);
@@ -1357,8 +1142,7 @@ fn turning_the_log_on_again_is_not_held_back_by_cancelled_starts() {
     let mut fresh = server.raw();
     ok(&mut fresh, &["SET", "after", "1"]);
     expect(&mut fresh, &["WAITAOF", "1", "0", "0"], ACK_1_0);
-    let dir = crash(server);
-    let server = restart(dir, SHARDS, &args);
+    let server = crash_and_restart(server, SHARDS, &args);
     expect(
         &mut server.raw(),
         &["EXISTS", "k0", "k1999", "after"],
@@ -1377,16 +1161,7 @@ fn files_left_by_a_rewrite_interrupted_by_kill_9_are_removed_at_start() {
     let server = start(SHARDS, &args);
     let mut raw = server.raw();
     let mut m = Model::default();
-    let items: Vec<_> = (0..300)
-        .map(|i| {
-            (
-                format!("key{i}"),
-                format!("value-{i}").into_bytes(),
-                Ttl::None,
-            )
-        })
-        .collect();
-    m.set_many(&mut raw, 0, &items);
+    m.set_many(&mut raw, 0, &numbered(300, "key", "value-", Ttl::None));
     m.set(&mut raw, 0, "volatile", b"t", Ttl::Ex(1000));
     let named_before = read_manifest(server.data_dir()).files();
 
@@ -1396,8 +1171,7 @@ fn files_left_by_a_rewrite_interrupted_by_kill_9_are_removed_at_start() {
     expect(&mut raw, &["BGREWRITEAOF"], STARTED);
     let data_dir = server.data_dir().to_path_buf();
     let unnamed = || -> BTreeSet<String> {
-        let mut named = read_manifest(&data_dir).files();
-        named.insert("manifest".to_string());
+        let named = read_manifest(&data_dir).expected_files();
         dir_files(&data_dir).difference(&named).cloned().collect()
     };
     assert!(
@@ -1444,28 +1218,21 @@ fn files_left_by_a_rewrite_interrupted_by_kill_9_are_removed_at_start() {
     );
     let manifest = read_manifest(server.data_dir());
     assert_eq!(manifest.files(), named_before, "the manifest changed");
-    let mut expected = manifest.files();
-    expected.extend(["manifest".to_string(), "notes.txt".to_string()]);
+    let mut expected = manifest.expected_files();
+    expected.insert("notes.txt".to_string());
     assert_eq!(present, expected);
     m.verify(&server, "after a crash during a rewrite", &maybe);
 
     // Rewrites work again, and their result loads.
     let mut raw = server.raw();
     let epoch = manifest.epoch;
-    expect(&mut raw, &["BGREWRITEAOF"], STARTED);
-    let done = wait_rewrites(&mut raw, 1);
-    assert_eq!(
-        field(&done, "aof_last_bgrewrite_status").as_deref(),
-        Some("ok"),
-        "{done}"
-    );
+    rewrite_now(&mut raw, 1);
     let m2 = read_manifest(server.data_dir());
     assert_eq!(m2.epoch, epoch + 1);
-    let mut named = m2.files();
-    named.extend(["manifest".to_string(), "notes.txt".to_string()]);
+    let mut named = m2.expected_files();
+    named.insert("notes.txt".to_string());
     assert_eq!(dir_files(server.data_dir()), named);
     m.set(&mut raw, 0, "after", b"a", Ttl::None);
-    let dir = crash(server);
-    let server = restart(dir, SHARDS, &args);
+    let server = crash_and_restart(server, SHARDS, &args);
     m.verify(&server, "after the rewrite that followed the crash", &maybe);
 }

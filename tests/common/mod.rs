@@ -2,13 +2,15 @@
 //!
 //! Each server gets a free port and its own temporary data directory, and is killed when the
 //! [`Server`] is dropped. Waits use polling deadlines, never fixed sleeps.
+//!
+//! Also the reply, INFO and key helpers that the durability and rewrite tests share.
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to start answering.
@@ -24,7 +26,8 @@ pub struct Server {
     pub log: PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A port that was free a moment ago (a parallel test may take it before it is used).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }
@@ -251,4 +254,263 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     check()
+}
+
+/// Waits up to `within` for `child` to exit by itself; otherwise kills and reaps it and returns
+/// `None`. For runs of the binary that should end on their own (a refused start, `--version`).
+pub fn wait_or_kill(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Replies
+// ------------------------------------------------------------------------------------------
+
+pub const OK: &[u8] = b"+OK\r\n";
+pub const QUEUED: &[u8] = b"+QUEUED\r\n";
+/// WAITAOF's answer when the local fsync happened and (there being no replicas) none acked.
+pub const ACK_1_0: &[u8] = b"*2\r\n:1\r\n:0\r\n";
+/// WAITAOF's answer when nothing had to be (or could be) waited for.
+pub const ACK_0_0: &[u8] = b"*2\r\n:0\r\n:0\r\n";
+/// Valkey's error for WAITAOF with numlocal > 0 while the log is off.
+pub const AOF_DISABLED: &str =
+    "-ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled.\r\n";
+
+/// Reply bytes as text, for assertions whose failure output should be readable.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The payload of a bulk-string reply; `None` for a null.
+pub fn bulk(reply: &[u8]) -> Option<Vec<u8>> {
+    if reply == b"$-1\r\n" || reply == b"_\r\n" {
+        return None;
+    }
+    assert!(reply.starts_with(b"$"), "not a bulk reply: {}", text(reply));
+    let nl = reply.iter().position(|&b| b == b'\n').expect("header line");
+    let len: usize = text(&reply[1..nl - 1]).parse().expect("bulk length");
+    Some(reply[nl + 1..nl + 1 + len].to_vec())
+}
+
+/// The value of an integer reply.
+pub fn int(reply: &[u8]) -> i64 {
+    assert!(
+        reply.starts_with(b":"),
+        "not an integer reply: {}",
+        text(reply)
+    );
+    text(&reply[1..reply.len() - 2]).parse().expect("integer")
+}
+
+/// Sends a command and asserts its exact reply (bytes or text).
+#[track_caller]
+pub fn expect(raw: &mut Raw, args: &[&str], reply: impl AsRef<[u8]>) {
+    let got = raw.cmd(args);
+    assert_eq!(
+        text(&got),
+        text(reply.as_ref()),
+        "reply to {args:?} (left: got, right: expected)"
+    );
+}
+
+/// Sends a command expected to answer `+OK`.
+#[track_caller]
+pub fn ok(raw: &mut Raw, args: &[&str]) {
+    expect(raw, args, OK);
+}
+
+/// True if nothing arrives on `raw` for a little while (the command is blocked). The read
+/// timeout is put back as it was, so a later [`Raw::reply`] waits as long as before.
+pub fn no_reply_yet(raw: &mut Raw) -> bool {
+    let before = raw.stream.read_timeout().expect("read timeout");
+    raw.stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    let silent = match raw.stream.read(&mut buf) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    raw.stream.set_read_timeout(before).expect("timeout");
+    silent
+}
+
+/// A new connection blocked in `WAITAOF 1 0 0`: shard 0's commit loop is stalled (through
+/// `control`) before the connection writes `k0`, a key on shard 0, so its write never becomes
+/// durable until `DEBUG FAULT 0 resume`.
+#[track_caller]
+pub fn blocked_waiter(server: &Server, control: &mut Raw, k0: &str) -> Raw {
+    let mut waiter = server.raw();
+    ok(control, &["DEBUG", "FAULT", "0", "stall"]);
+    ok(&mut waiter, &["SET", k0, "1"]);
+    waiter.send(&resp(&[b"WAITAOF", b"1", b"0", b"0"]));
+    assert!(
+        no_reply_yet(&mut waiter),
+        "WAITAOF 1 0 0 on a stalled shard did not block"
+    );
+    waiter
+}
+
+// ------------------------------------------------------------------------------------------
+// Crashes and restarts with the log on
+// ------------------------------------------------------------------------------------------
+
+/// How long every shard may take to open its log once the server answers: a shard replaying a
+/// long log opens it last.
+const LOGS_OPEN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `kill -9` the server (no chance to flush anything) and wait until it is gone.
+pub fn kill9(server: &mut Server) {
+    let status = Command::new("kill")
+        .args(["-9", &server.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -9 failed");
+    assert!(
+        server.wait_exit(Duration::from_secs(10)).is_some(),
+        "the server did not die after kill -9"
+    );
+}
+
+/// `kill -9` the server and keep its data directory for a restart.
+pub fn crash(mut server: Server) -> tempfile::TempDir {
+    kill9(&mut server);
+    std::mem::replace(&mut server.dir, tempfile::tempdir().expect("tempdir"))
+}
+
+/// Waits until INFO lists a log for every shard. The server answers before every shard has
+/// loaded; writes made earlier race the start-up (tested on purpose by
+/// `writes_during_start_up_are_logged_before_they_are_acknowledged`).
+pub fn settle(server: &Server, shards: usize) {
+    let mut raw = server.raw();
+    assert!(
+        eventually(LOGS_OPEN_DEADLINE, || logs(&mut raw).len() == shards),
+        "not every shard opened its log"
+    );
+}
+
+/// Starts a server and waits until every shard's log is open (see [`settle`]).
+pub fn start(shards: usize, args: &[&str]) -> Server {
+    let server = Server::start(shards, args);
+    settle(&server, shards);
+    server
+}
+
+/// Restarts on `dir` and waits until every shard's log is open (see [`settle`]).
+pub fn restart(dir: tempfile::TempDir, shards: usize, args: &[&str]) -> Server {
+    let server = Server::start_in(dir, shards, args);
+    settle(&server, shards);
+    server
+}
+
+/// [`crash`], then [`restart`] on what the crash left.
+pub fn crash_and_restart(server: Server, shards: usize, args: &[&str]) -> Server {
+    restart(crash(server), shards, args)
+}
+
+// ------------------------------------------------------------------------------------------
+// INFO
+// ------------------------------------------------------------------------------------------
+
+/// One shard's `aof_shard<i>:` line of `INFO persistence`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardLog {
+    pub durable: u64,
+    pub end: u64,
+    pub write_errors: u64,
+}
+
+/// An `INFO` section as text.
+pub fn info(raw: &mut Raw, section: &str) -> String {
+    text(&bulk(&raw.cmd(&["INFO", section])).expect("INFO text"))
+}
+
+/// `INFO persistence` as text.
+pub fn persistence(raw: &mut Raw) -> String {
+    info(raw, "persistence")
+}
+
+/// The value of `name:` in INFO text.
+pub fn field(info: &str, name: &str) -> Option<String> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(&format!("{name}:"))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// A numeric INFO field; panics with the whole INFO text if it is missing or not a number.
+#[track_caller]
+pub fn field_u64(info: &str, name: &str) -> u64 {
+    field(info, name)
+        .unwrap_or_else(|| panic!("INFO has no {name}:\n{info}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number:\n{info}"))
+}
+
+/// The shards' logs in `INFO persistence`, by shard index; one entry per open log.
+pub fn shard_logs(info: &str) -> Vec<ShardLog> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in info.lines() {
+        let Some(rest) = line.strip_prefix("aof_shard") else {
+            continue;
+        };
+        let (index, fields) = rest.split_once(':').expect("aof_shard line");
+        let mut log = ShardLog::default();
+        for field in fields.split(',') {
+            let Some((k, v)) = field.split_once('=') else {
+                continue;
+            };
+            let v = v.trim();
+            match k {
+                "durable_offset" => log.durable = v.parse().expect("durable_offset"),
+                "end_offset" => log.end = v.parse().expect("end_offset"),
+                "write_errors" => log.write_errors = v.parse().expect("write_errors"),
+                _ => {}
+            }
+        }
+        out.insert(index.parse::<usize>().expect("shard index"), log);
+    }
+    out.into_values().collect()
+}
+
+/// The shards' logs as INFO shows them now.
+pub fn logs(raw: &mut Raw) -> Vec<ShardLog> {
+    shard_logs(&persistence(raw))
+}
+
+// ------------------------------------------------------------------------------------------
+// Keys and files
+// ------------------------------------------------------------------------------------------
+
+/// The shard of `shards` that owns `key`.
+pub fn shard_of(key: &str, shards: usize) -> usize {
+    corekv::shard::routing::SlotMap::new(shards).shard_of_key(key.as_bytes())
+}
+
+/// The first key `<prefix><n>` that lives on `shard` of `shards`.
+pub fn key_on(shard: usize, shards: usize, prefix: &str) -> String {
+    let map = corekv::shard::routing::SlotMap::new(shards);
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| map.shard_of_key(k.as_bytes()) == shard)
+        .expect("a key")
+}
+
+/// The AOF directory under a data directory.
+pub fn aof_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("appendonlydir")
 }
