@@ -255,9 +255,6 @@ impl Db {
 
     /// Empties the database, returning the old contents so the caller may free them elsewhere.
     pub fn flush(&mut self) -> (Dict<Value>, Dict<i64>) {
-        if let Some(snapshot) = self.snapshot.as_mut() {
-            snapshot.preserve_all(&self.keys, &self.expires);
-        }
         let watched: Vec<Vec<u8>> = self
             .watches
             .by_key
@@ -273,7 +270,14 @@ impl Db {
         }
         self.expire_cursor = 0;
         self.avg_ttl_ms = 0;
-        (keys, expires)
+        // A rewrite still copying this database keeps the old contents: they are its state at
+        // the cut, and its walk goes on over them.
+        match self.snapshot.as_mut() {
+            Some(snapshot) => snapshot
+                .freeze(keys, expires)
+                .unwrap_or_else(|| (Dict::default(), Dict::default())),
+            None => (keys, expires),
+        }
     }
 
     /// Swaps the contents (not the watches) of two databases, as SWAPDB does. Watched keys

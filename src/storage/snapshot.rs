@@ -59,6 +59,10 @@ pub struct DbSnapshot {
     sink: Rc<RefCell<BaseSink>>,
     cursor: u64,
     finished: bool,
+    /// The database's contents at a FLUSHDB/FLUSHALL during the walk: the walk goes on over
+    /// them (they are the state at the cut for every key not yet written) instead of writing
+    /// them all at once.
+    frozen: Option<(Dict<Value>, Dict<i64>)>,
 }
 
 impl DbSnapshot {
@@ -69,6 +73,7 @@ impl DbSnapshot {
             sink,
             cursor: 0,
             finished: false,
+            frozen: None,
         }
     }
 
@@ -78,8 +83,9 @@ impl DbSnapshot {
 
     /// Before `key` changes: writes its state as of the cut unless already done.
     pub fn preserve(&mut self, key: &[u8], keys: &Dict<Value>, expires: &Dict<i64>) {
-        // Once the walk is complete every key of the cut is in the base.
-        if self.finished || self.done.contains(key) {
+        // Once the walk is complete every key of the cut is in the base; after a flush, the
+        // state at the cut of every key not yet written is in the frozen tables.
+        if self.finished || self.frozen.is_some() || self.done.contains(key) {
             return;
         }
         self.done.insert(key.to_vec());
@@ -89,8 +95,25 @@ impl DbSnapshot {
         }
     }
 
-    /// Before the whole database changes (FLUSHDB, SWAPDB): writes every key not yet done.
+    /// Takes the contents a flush removed, to walk on over them. Gives them back (to be freed)
+    /// if the walk no longer needs them.
+    pub fn freeze(
+        &mut self,
+        keys: Dict<Value>,
+        expires: Dict<i64>,
+    ) -> Option<(Dict<Value>, Dict<i64>)> {
+        if self.finished || self.frozen.is_some() {
+            return Some((keys, expires));
+        }
+        self.frozen = Some((keys, expires));
+        None
+    }
+
+    /// Before the contents move to another database (SWAPDB): writes every key not yet done.
     pub fn preserve_all(&mut self, keys: &Dict<Value>, expires: &Dict<i64>) {
+        if self.frozen.is_some() {
+            return;
+        }
         let pending: Vec<SmallBytes> = keys
             .iter()
             .filter(|(k, _)| !self.done.contains(k.as_slice()))
@@ -104,10 +127,14 @@ impl DbSnapshot {
 
     /// Walks up to `steps` buckets of the keyspace, writing the keys not yet done. Returns true
     /// when the walk is complete.
-    pub fn step(&mut self, keys: &Dict<Value>, expires: &Dict<i64>, steps: usize) -> bool {
+    pub fn step(&mut self, live: &Dict<Value>, live_expires: &Dict<i64>, steps: usize) -> bool {
         if self.finished {
             return true;
         }
+        let (keys, expires) = match &self.frozen {
+            Some((keys, expires)) => (keys, expires),
+            None => (live, live_expires),
+        };
         let mut sink = self.sink.borrow_mut();
         for _ in 0..steps {
             // Keys written here are not marked done: a key the walk meets twice (a table
@@ -125,7 +152,24 @@ impl DbSnapshot {
                 break;
             }
         }
+        drop(sink);
+        if self.finished {
+            if let Some(tables) = self.frozen.take() {
+                dispose(tables);
+            }
+        }
         self.finished
+    }
+}
+
+/// Frees tables a flush left to the walk on a helper thread: dropping millions of entries
+/// would stall the shard.
+fn dispose(tables: (Dict<Value>, Dict<i64>)) {
+    let spawned = std::thread::Builder::new()
+        .name("corekv-lazyfree".into())
+        .spawn(move || drop(tables));
+    if let Err(e) = spawned {
+        log::warn!("could not start a thread to free memory: {e}");
     }
 }
 
@@ -287,5 +331,46 @@ mod tests {
             2000,
             "a key created after the cut is in the base"
         );
+    }
+
+    #[test]
+    fn a_flush_during_the_walk_leaves_the_base_at_the_cut() {
+        let mut db = Db::default();
+        for i in 0..3000 {
+            db.set(format!("k{i}").as_bytes(), Value::Int(i), false);
+        }
+        db.set_expire(b"k7", 4_000_000_000_000);
+        let sink = Rc::new(RefCell::new(BaseSink::default()));
+        db.start_snapshot(DbSnapshot::new(0, Rc::clone(&sink)));
+        assert!(!db.snapshot_step(4));
+        db.set(b"k1", Value::Int(-1), false);
+        let (old_keys, _) = db.flush();
+        assert_eq!(old_keys.len(), 0, "the walk keeps the flushed contents");
+        db.set(b"k2", Value::Int(-2), false);
+        db.set(b"after", Value::Int(1), false);
+        while !db.snapshot_step(16) {}
+        db.finish_snapshot();
+        let sink = sink.borrow();
+        let bytes = bytes::Bytes::from(sink.bytes.clone());
+        let mut at = 0;
+        let mut seen = std::collections::HashMap::new();
+        while at < bytes.len() {
+            let record::Read::Record(r, len) = record::decode(&bytes, at, at as u64) else {
+                panic!("bad record at {at}");
+            };
+            if let record::Body::KeyState(k) = r.body {
+                let record::StoredValue::String(v) = k.value;
+                seen.insert(k.key.to_vec(), (v.to_vec(), k.expire_ms));
+            }
+            at += len;
+        }
+        assert_eq!(seen.len(), 3000);
+        for i in 0..3000 {
+            assert_eq!(
+                seen[format!("k{i}").as_bytes()].0,
+                i.to_string().into_bytes()
+            );
+        }
+        assert_eq!(seen[b"k7".as_slice()].1, Some(4_000_000_000_000));
     }
 }
