@@ -2,7 +2,7 @@
 //! the cross-shard atomicity promise (no client ever observes half of an MSET, MULTI/EXEC,
 //! RENAME or MSETNX whose keys live on different shards).
 //!
-//! Expected bytes follow /work/notes/valkey-reference.md (Valkey 8.0.1). Waits are deadline
+//! Expected bytes are what Valkey 8.0.1 sends for the same requests. Waits are deadline
 //! loops; nothing asserts on timing.
 
 mod common;

@@ -667,19 +667,23 @@ fn parse_timeout(arg: &[u8]) -> CommandResult<Option<Duration>> {
     Ok((ms > 0).then(|| Duration::from_millis(ms.unsigned_abs())))
 }
 
+/// Every shard's durable watermark (`None` where the shard has no log).
+async fn watermarks(session: &Session) -> CommandResult<Vec<Option<u64>>> {
+    session.gather(|s| s.with_aof(|a| a.durable())).await
+}
+
 /// Whether every shard's log covers this connection's last write there (1), or not (0).
-async fn local_ack(session: &Session) -> CommandResult<i64> {
+fn local_ack(session: &Session, durable: &[Option<u64>]) -> i64 {
     if !session.shard.config().appendonly || session.shard.server.rewrite.turning_on() {
-        return Ok(0);
+        return 0;
     }
-    let woff = session.woff.clone();
-    let durable: Vec<Option<u64>> = session.gather(|s| s.with_aof(|a| a.durable())).await?;
     // A shard without a log while appendonly is on has not started it yet: nothing is on disk.
-    let covered = woff
+    let covered = session
+        .woff
         .iter()
-        .zip(&durable)
+        .zip(durable)
         .all(|(&w, d)| d.is_some_and(|d| w == 0 || d >= w));
-    Ok(i64::from(covered))
+    i64::from(covered)
 }
 
 /// How often a WAITAOF checks whether a log being turned on has started.
@@ -688,14 +692,12 @@ const LOG_START_POLL: Duration = Duration::from_millis(5);
 /// Waits until every shard's log is durable up to this connection's last write there, asking
 /// each shard to sync now rather than at its next scheduled sync. A log being turned on is
 /// waited for first: what was written before it started is durable once its bases are.
-async fn wait_local(session: &Session) -> CommandResult {
-    loop {
-        let appendonly = session.shard.config().appendonly;
-        let started: Vec<bool> = session.gather(|s| s.with_aof(|_| ()).is_some()).await?;
-        if !appendonly || !session.shard.server.rewrite.turning_on() && started.iter().all(|&s| s) {
-            break;
-        }
+async fn wait_local(session: &Session, mut durable: Vec<Option<u64>>) -> CommandResult {
+    while session.shard.config().appendonly
+        && (session.shard.server.rewrite.turning_on() || durable.iter().any(Option::is_none))
+    {
         glommio::timer::sleep(LOG_START_POLL).await;
+        durable = watermarks(session).await?;
     }
     let calls: Vec<_> = session
         .woff
@@ -732,12 +734,13 @@ fn waitaof(session: &mut Session, args: Args) -> CoordFuture<'_> {
         }
         // Replicas acknowledge nothing yet: none can count.
         let replicas_acked = 0;
-        let acked = local_ack(session).await?;
+        let durable = watermarks(session).await?;
+        let mut acked = local_ack(session, &durable);
         let satisfied = acked >= numlocal && replicas_acked >= numreplicas;
         if !satisfied && !session.in_exec {
             let wanted = async {
                 if numlocal > acked {
-                    wait_local(session).await?;
+                    wait_local(session, durable).await?;
                 }
                 if numreplicas > replicas_acked {
                     std::future::pending::<()>().await;
@@ -760,8 +763,8 @@ fn waitaof(session: &mut Session, args: Args) -> CoordFuture<'_> {
                 ));
             }
             waited?;
+            acked = local_ack(session, &watermarks(session).await?);
         }
-        let acked = local_ack(session).await?;
         session.out.array(2);
         session.out.int(acked);
         session.out.int(replicas_acked);

@@ -23,7 +23,7 @@ use crate::command::table::{flags, Command, Handler, LookupError, Registry, Spli
 use crate::error::{CommandError, CommandResult};
 use crate::protocol::{Args, ReplyBuf};
 use crate::server::clients::ClientInfo;
-use crate::shard::exec::{keyed_job, run_keyed, Effects, KeyedCall, Mode, Replies};
+use crate::shard::exec::{keyed_job, run_keyed_waiting, Effects, KeyedCall, Mode, Replies};
 use crate::shard::locks::{self, LockSet};
 use crate::shard::mesh::MeshError;
 use crate::shard::tx::{ShardPlan, Transaction};
@@ -319,23 +319,17 @@ impl Session {
         let mode = self.mode();
         let mut effects = Effects::default();
         let start = self.out.len();
-        let mut next = 0;
-        loop {
-            next = run_keyed(
-                &self.shard,
-                &calls,
-                next,
-                &mut self.out,
-                None,
-                mode,
-                &mut effects,
-                usize::MAX,
-            );
-            if next == calls.len() {
-                break;
-            }
-            self.shard.lock_released().await;
-        }
+        run_keyed_waiting(
+            &self.shard,
+            &calls,
+            0,
+            &mut self.out,
+            None,
+            mode,
+            &mut effects,
+            usize::MAX,
+        )
+        .await;
         let end = self.out.len();
         self.note_effects(self.shard.index(), effects, Some((start, end)));
     }
@@ -456,23 +450,17 @@ impl Session {
                 let mut out = ReplyBuf::new(protocol);
                 let mut ends = Vec::with_capacity(calls.len());
                 let mut effects = Effects::default();
-                let mut next = 0;
-                loop {
-                    next = run_keyed(
-                        &self.shard,
-                        &calls,
-                        next,
-                        &mut out,
-                        Some(&mut ends),
-                        mode,
-                        &mut effects,
-                        OUTPUT_FLUSH_BYTES,
-                    );
-                    if next == calls.len() || out.len() >= OUTPUT_FLUSH_BYTES {
-                        break;
-                    }
-                    self.shard.lock_released().await;
-                }
+                let next = run_keyed_waiting(
+                    &self.shard,
+                    &calls,
+                    0,
+                    &mut out,
+                    Some(&mut ends),
+                    mode,
+                    &mut effects,
+                    OUTPUT_FLUSH_BYTES,
+                )
+                .await;
                 let done = Replies {
                     bytes: out.take(),
                     ends,

@@ -80,6 +80,37 @@ fn total_changes(dbs: &[crate::shard::db::Db]) -> u64 {
     dbs.iter().map(|d| d.changes()).sum()
 }
 
+/// Like [`run_keyed`], waiting out the transaction locks in the way: runs until every call ran
+/// or the replies reach `budget_bytes`. Returns the index reached.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_keyed_waiting(
+    shard: &Shard,
+    calls: &[KeyedCall],
+    mut next: usize,
+    out: &mut ReplyBuf,
+    mut ends: Option<&mut Vec<usize>>,
+    mode: Mode,
+    effects: &mut Effects,
+    budget_bytes: usize,
+) -> usize {
+    loop {
+        next = run_keyed(
+            shard,
+            calls,
+            next,
+            out,
+            ends.as_deref_mut(),
+            mode,
+            effects,
+            budget_bytes,
+        );
+        if next == calls.len() || out.len() >= budget_bytes {
+            return next;
+        }
+        shard.lock_released().await;
+    }
+}
+
 /// Runs `calls[from..]` in order, writing replies to `out` (and each reply's end offset to
 /// `ends`). Stops before a call whose key a transaction holds, unless running inside that
 /// transaction, and after the call that brings `out` to `budget_bytes`. Returns the index
@@ -288,10 +319,9 @@ pub fn keyed_job(
         }
         let shard = Rc::clone(shard);
         Outcome::Pending(Box::pin(async move {
-            let mut next = next;
-            while next < calls.len() && out.len() < budget {
+            if next < calls.len() && out.len() < budget {
                 shard.lock_released().await;
-                next = run_keyed(
+                run_keyed_waiting(
                     &shard,
                     &calls,
                     next,
@@ -300,7 +330,8 @@ pub fn keyed_job(
                     mode,
                     &mut effects,
                     budget,
-                );
+                )
+                .await;
             }
             let failure = shard.durable(effects.durable_at, false).await.err();
             Box::new(finished(&mut out, ends, effects, calls, failure)) as Payload

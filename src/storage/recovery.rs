@@ -260,26 +260,27 @@ struct SegmentData {
 
 fn read_segment(shard: usize, dir: &Path, segment: &Segment) -> Result<SegmentData, RecoveryError> {
     let path = dir.join(&segment.file);
-    let bytes = segment::read_used(&path).map_err(|e| RecoveryError::File {
-        file: path.clone(),
-        reason: e.to_string(),
-    })?;
-    let Some(header) = bytes.get(..HEADER_BYTES as usize) else {
-        return Err(RecoveryError::File {
-            file: path,
-            reason: "shorter than a segment header".to_string(),
-        });
-    };
-    segment::check_header(header, shard, segment.start).map_err(|reason| RecoveryError::File {
-        file: path.clone(),
-        reason,
-    })?;
-    let data = Bytes::from(bytes).slice(HEADER_BYTES as usize..);
+    let data = read_records(&path, shard, segment.start)?;
     Ok(SegmentData {
         path,
         start: segment.start,
         data,
     })
+}
+
+/// Reads a segment (or base) file up to the end of its records, checks its header against the
+/// shard and start position it should have, and returns the records area.
+fn read_records(path: &Path, shard: usize, start: u64) -> Result<Bytes, RecoveryError> {
+    let file_error = |reason: String| RecoveryError::File {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let bytes = segment::read_used(path).map_err(|e| file_error(e.to_string()))?;
+    let header = bytes
+        .get(..HEADER_BYTES as usize)
+        .ok_or_else(|| file_error("shorter than a segment header".to_string()))?;
+    segment::check_header(header, shard, start).map_err(file_error)?;
+    Ok(Bytes::from(bytes).slice(HEADER_BYTES as usize..))
 }
 
 /// Reads and checks a shard's chain. A torn tail ends the scan (or is an error if
@@ -406,21 +407,7 @@ fn valid_record_after(segments: &[SegmentData], bad_at: usize, last_batch: u32) 
 /// Replays a base: a segment of key-state records from position 0, written whole before the
 /// manifest named it (any damage is corruption).
 fn load_base(shard: usize, path: &Path, replay: &mut Replay<'_>) -> Result<(), RecoveryError> {
-    let bytes = segment::read_used(path).map_err(|e| RecoveryError::File {
-        file: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let Some(header) = bytes.get(..HEADER_BYTES as usize) else {
-        return Err(RecoveryError::File {
-            file: path.to_path_buf(),
-            reason: "shorter than a base header".to_string(),
-        });
-    };
-    segment::check_header(header, shard, 0).map_err(|reason| RecoveryError::File {
-        file: path.to_path_buf(),
-        reason,
-    })?;
-    let data = Bytes::from(bytes).slice(HEADER_BYTES as usize..);
+    let data = read_records(path, shard, 0)?;
     let mut at = 0usize;
     loop {
         match record::decode(&data, at, at as u64) {

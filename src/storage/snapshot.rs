@@ -285,8 +285,34 @@ async fn blocking<R: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::shard::db::Db;
+
+    /// The key states a sink holds, in order: (key, value, expiry). A key written twice must
+    /// have been written with the same state both times.
+    fn base_states(sink: &RefCell<BaseSink>) -> Vec<(Vec<u8>, Vec<u8>, Option<i64>)> {
+        let bytes = bytes::Bytes::from(sink.borrow().bytes.clone());
+        let mut at = 0;
+        let mut states = Vec::new();
+        let mut seen: HashMap<Vec<u8>, (Vec<u8>, Option<i64>)> = HashMap::new();
+        while at < bytes.len() {
+            let record::Read::Record(r, len) = record::decode(&bytes, at, at as u64) else {
+                panic!("bad record at {at}");
+            };
+            if let record::Body::KeyState(k) = r.body {
+                let record::StoredValue::String(v) = k.value;
+                let state = (v.to_vec(), k.expire_ms);
+                if let Some(earlier) = seen.insert(k.key.to_vec(), state.clone()) {
+                    assert_eq!(earlier, state, "written twice with different states");
+                }
+                states.push((k.key.to_vec(), state.0, state.1));
+            }
+            at += len;
+        }
+        states
+    }
 
     #[test]
     fn base_is_the_keyspace_at_the_cut() {
@@ -306,23 +332,11 @@ mod tests {
             db.set(format!("new{rounds}").as_bytes(), Value::Int(1), false);
         }
         db.finish_snapshot();
-        let sink = sink.borrow();
-        assert!(sink.keys >= 2000);
-        let bytes = bytes::Bytes::from(sink.bytes.clone());
-        let mut at = 0;
-        let mut seen = std::collections::HashMap::new();
-        while at < bytes.len() {
-            let record::Read::Record(r, len) = record::decode(&bytes, at, at as u64) else {
-                panic!("bad record at {at}");
-            };
-            if let record::Body::KeyState(k) = r.body {
-                let record::StoredValue::String(v) = k.value;
-                if let Some(earlier) = seen.insert(k.key.to_vec(), v.to_vec()) {
-                    assert_eq!(earlier, v.to_vec(), "written twice with different states");
-                }
-            }
-            at += len;
-        }
+        assert!(sink.borrow().keys >= 2000);
+        let seen: HashMap<Vec<u8>, Vec<u8>> = base_states(&sink)
+            .into_iter()
+            .map(|(key, value, _)| (key, value))
+            .collect();
         for i in 0..2000 {
             assert_eq!(seen[format!("k{i}").as_bytes()], i.to_string().into_bytes());
         }
@@ -350,20 +364,10 @@ mod tests {
         db.set(b"after", Value::Int(1), false);
         while !db.snapshot_step(16) {}
         db.finish_snapshot();
-        let sink = sink.borrow();
-        let bytes = bytes::Bytes::from(sink.bytes.clone());
-        let mut at = 0;
-        let mut seen = std::collections::HashMap::new();
-        while at < bytes.len() {
-            let record::Read::Record(r, len) = record::decode(&bytes, at, at as u64) else {
-                panic!("bad record at {at}");
-            };
-            if let record::Body::KeyState(k) = r.body {
-                let record::StoredValue::String(v) = k.value;
-                seen.insert(k.key.to_vec(), (v.to_vec(), k.expire_ms));
-            }
-            at += len;
-        }
+        let seen: HashMap<Vec<u8>, (Vec<u8>, Option<i64>)> = base_states(&sink)
+            .into_iter()
+            .map(|(key, value, expire)| (key, (value, expire)))
+            .collect();
         assert_eq!(seen.len(), 3000);
         for i in 0..3000 {
             assert_eq!(
