@@ -4,6 +4,9 @@
   resp_probe.py waitaof PORT N      SET then WAITAOF 1 0 0, N times: WAITAOF latency p50/p99 (us)
   resp_probe.py fsync DIR N         bare 4 KiB append + fdatasync in DIR, N times: p50/p99 (us)
   resp_probe.py pause PORT SECONDS  GETs back to back for SECONDS: p50/p99.9/max latency (us)
+  resp_probe.py replwait PORT N wait|waitaof TIMEOUT_MS
+                                    SET then WAIT 1 TIMEOUT_MS (or WAITAOF 1 1 TIMEOUT_MS), N
+                                    times: p50/p99 (us) and how many replies missed the replica
 
 Each prints one line: "<p50> <p99 or p99.9> [max] <count>".
 """
@@ -79,6 +82,23 @@ def waitaof(port, n):
     print(us(percentile(lat, 0.5)), us(percentile(lat, 0.99)), n)
 
 
+def replwait(port, n, kind, timeout_ms):
+    c = Client(port)
+    lat = []
+    missed = 0
+    for i in range(n):
+        c.call("SET", "probe:%d" % (i % 100), "x" * 16)
+        t = time.perf_counter()
+        if kind == "wait":
+            acked = c.call("WAIT", 1, timeout_ms)
+        else:
+            acked = c.call("WAITAOF", 1, 1, timeout_ms)[1]
+        lat.append(time.perf_counter() - t)
+        if acked != b"1":
+            missed += 1
+    print(us(percentile(lat, 0.5)), us(percentile(lat, 0.99)), n, missed)
+
+
 def fsync(directory, n):
     path = os.path.join(directory, "fsync-probe")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
@@ -120,6 +140,8 @@ if __name__ == "__main__":
         waitaof(int(sys.argv[2]), int(sys.argv[3]))
     elif mode == "fsync":
         fsync(sys.argv[2], int(sys.argv[3]))
+    elif mode == "replwait":
+        replwait(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
     elif mode == "pause":
         pause(int(sys.argv[2]), float(sys.argv[3]))
     else:

@@ -57,6 +57,18 @@ pub struct Config {
     pub aof_load_truncated: bool,
     pub auto_aof_rewrite_percentage: u64,
     pub auto_aof_rewrite_min_size: u64,
+    /// The primary to follow at start (`replicaof host port`).
+    pub replicaof: Option<(String, u16)>,
+    /// Password sent to the primary (AUTH) before syncing.
+    pub masterauth: String,
+    /// A replica refuses writes from clients.
+    pub replica_read_only: bool,
+    /// Bytes of recent writes kept for replicas that reconnect (shared by the shards).
+    pub repl_backlog_size: u64,
+    /// Seconds without a sign of life before a replication link is dropped.
+    pub repl_timeout_s: u64,
+    /// Seconds between the pings a primary sends its replicas.
+    pub repl_ping_replica_period_s: u64,
 }
 
 impl Default for Config {
@@ -84,6 +96,12 @@ impl Default for Config {
             aof_load_truncated: true,
             auto_aof_rewrite_percentage: 100,
             auto_aof_rewrite_min_size: 64 * 1024 * 1024,
+            replicaof: None,
+            masterauth: String::new(),
+            replica_read_only: true,
+            repl_backlog_size: 10 * 1024 * 1024,
+            repl_timeout_s: 60,
+            repl_ping_replica_period_s: 10,
         }
     }
 }
@@ -424,10 +442,105 @@ pub static DIRECTIVES: &[Directive] = &[
             Ok(())
         },
     },
+    Directive {
+        name: "replicaof",
+        mutable: false,
+        multi_arg: true,
+        help: "follow the primary at <host> <port> (default: none, a primary)",
+        get: |c| {
+            c.replicaof
+                .as_ref()
+                .map(|(h, p)| format!("{h} {p}"))
+                .unwrap_or_default()
+        },
+        set: |c, v| {
+            c.replicaof = match v {
+                [none] if none.is_empty() => None,
+                [no, one] if no.eq_ignore_ascii_case("no") && one.eq_ignore_ascii_case("one") => {
+                    None
+                }
+                [host, port] => {
+                    let port =
+                        u16::try_from(int_in_range(port, 0, 65535)?).map_err(|e| e.to_string())?;
+                    Some((host.clone(), port))
+                }
+                _ => return Err("wrong number of arguments".to_string()),
+            };
+            Ok(())
+        },
+    },
+    Directive {
+        name: "masterauth",
+        mutable: true,
+        multi_arg: false,
+        help: "password a replica sends its primary (default: none)",
+        get: |c| c.masterauth.clone(),
+        set: |c, v| {
+            c.masterauth = v[0].clone();
+            Ok(())
+        },
+    },
+    Directive {
+        name: "replica-read-only",
+        mutable: true,
+        multi_arg: false,
+        help: "a replica refuses writes from clients (default yes)",
+        get: |c| yes_no(c.replica_read_only),
+        set: |c, v| {
+            c.replica_read_only = parse_bool(&v[0])?;
+            Ok(())
+        },
+    },
+    Directive {
+        name: "repl-backlog-size",
+        mutable: true,
+        multi_arg: false,
+        help: "recent writes kept for a replica that reconnects, shared by the shards \
+               (default 10mb)",
+        get: |c| c.repl_backlog_size.to_string(),
+        set: |c, v| {
+            c.repl_backlog_size = memory_in_range(&v[0], 1, i64::MAX)?.unsigned_abs();
+            Ok(())
+        },
+    },
+    Directive {
+        name: "repl-timeout",
+        mutable: true,
+        multi_arg: false,
+        help: "seconds without a sign of life before a replication link is dropped (default 60)",
+        get: |c| c.repl_timeout_s.to_string(),
+        set: |c, v| {
+            c.repl_timeout_s = int_in_range(&v[0], 1, i64::from(i32::MAX))?.unsigned_abs();
+            Ok(())
+        },
+    },
+    Directive {
+        name: "repl-ping-replica-period",
+        mutable: true,
+        multi_arg: false,
+        help: "seconds between the pings a primary sends its replicas (default 10)",
+        get: |c| c.repl_ping_replica_period_s.to_string(),
+        set: |c, v| {
+            c.repl_ping_replica_period_s =
+                int_in_range(&v[0], 1, i64::from(i32::MAX))?.unsigned_abs();
+            Ok(())
+        },
+    },
 ];
 
-/// Finds a directive by name, ignoring case.
+/// Old names Valkey still accepts for some directives.
+const ALIASES: &[(&str, &str)] = &[
+    ("slaveof", "replicaof"),
+    ("slave-read-only", "replica-read-only"),
+    ("repl-ping-slave-period", "repl-ping-replica-period"),
+];
+
+/// Finds a directive by name (or old alias), ignoring case.
 pub fn directive(name: &str) -> Option<&'static Directive> {
+    let name = ALIASES
+        .iter()
+        .find(|(alias, _)| alias.eq_ignore_ascii_case(name))
+        .map_or(name, |(_, current)| current);
     DIRECTIVES
         .iter()
         .find(|d| d.name.eq_ignore_ascii_case(name))

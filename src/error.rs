@@ -30,6 +30,8 @@ pub enum CommandError {
     UnknownSubcommand(String, String),
     #[error("NOAUTH Authentication required.")]
     NoAuth,
+    #[error("READONLY You can't write against a read only replica.")]
+    ReadOnlyReplica,
     #[error("ERR {0}")]
     Generic(String),
     /// An error with its own code (`NOPROTO …`, `EXECABORT …`): the text is sent as is.

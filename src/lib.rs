@@ -4,6 +4,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod storage;

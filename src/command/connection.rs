@@ -1,11 +1,9 @@
 //! Connection commands: PING, ECHO, QUIT, RESET, SELECT, AUTH, HELLO and CLIENT.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Instant;
 
 use super::args::int_arg;
-use super::table::Handler;
+use super::table::{CoordFuture, Handler};
 use crate::error::{CommandError, CommandResult};
 use crate::protocol::{Args, Protocol};
 use crate::server::clients::ClientInfo;
@@ -30,8 +28,6 @@ pub static HANDLERS: &[(&str, Handler)] = &[
     ("client|no-evict", Handler::Conn(client_no_evict)),
     ("client|help", Handler::Conn(client_help)),
 ];
-
-type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
 
 fn ping(session: &mut Session, args: &Args) -> CommandResult {
     if args.len() > 2 {
@@ -199,7 +195,11 @@ fn hello(session: &mut Session, args: &Args) -> CommandResult {
     out.bulk(b"mode");
     out.bulk(b"standalone");
     out.bulk(b"role");
-    out.bulk(b"master");
+    if session.shard.server.replication.is_replica() {
+        out.bulk(b"replica");
+    } else {
+        out.bulk(b"master");
+    }
     out.bulk(b"modules");
     out.array(0);
     Ok(())

@@ -6,18 +6,15 @@
 //! [`Transaction`]: crate::shard::tx::Transaction
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 
 use super::keys::copy_options;
+use super::table::CoordFuture;
 use crate::error::{CommandError, CommandResult};
 use crate::protocol::parser::parse_i64;
 use crate::protocol::reply::decode_bulk;
 use crate::protocol::Args;
 use crate::server::session::Session;
 use crate::shard::locks::Mode;
-
-type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
 
 /// An integer reply's value.
 fn integer(reply: &[u8]) -> Option<i64> {

@@ -1,11 +1,8 @@
 //! Generic key commands: existence, deletion, renaming, copying, expiry, introspection, and
 //! the whole-keyspace walks (KEYS, SCAN, RANDOMKEY).
 
-use std::future::Future;
-use std::pin::Pin;
-
 use super::args::{glob_match, int_arg};
-use super::table::{Handler, Split};
+use super::table::{CoordFuture, Handler, Split};
 use super::KeyCtx;
 use crate::error::{CommandError, CommandResult};
 use crate::protocol::Args;
@@ -411,8 +408,6 @@ fn object_help(session: &mut Session, _args: &Args) -> CommandResult {
     );
     Ok(())
 }
-
-type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
 
 /// Number of bits of a SCAN cursor that name the shard.
 fn shard_bits(shards: usize) -> u32 {

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod cross_shard;
 pub mod decimal;
 pub mod keys;
+pub mod replication;
 pub mod server;
 pub mod string;
 pub mod table;
@@ -72,6 +73,7 @@ pub fn all_handlers() -> impl Iterator<Item = (&'static str, Handler)> {
         .chain(string::HANDLERS)
         .chain(keys::HANDLERS)
         .chain(transaction::HANDLERS)
+        .chain(replication::HANDLERS)
         .copied()
 }
 

@@ -1,13 +1,12 @@
 //! Server commands: INFO, CONFIG, COMMAND, DBSIZE, TIME, FLUSHDB, FLUSHALL, SWAPDB, SHUTDOWN,
 //! DEBUG, WAITAOF and BGREWRITEAOF.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::args::{glob_match, parse_float};
-use super::table::{flags, Command, Handler, Registry};
+use super::replication::{demoted, expiry, parse_timeout, replicas_reach};
+use super::table::{flags, Command, CoordFuture, Handler, Registry};
 use crate::config::{DebugAccess, DIRECTIVES};
 use crate::error::{CommandError, CommandResult};
 use crate::protocol::{Args, ReplyBuf};
@@ -47,8 +46,6 @@ pub static HANDLERS: &[(&str, Handler)] = &[
     ("waitaof", Handler::Coord(waitaof)),
     ("bgrewriteaof", Handler::Conn(bgrewriteaof)),
 ];
-
-type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
 
 fn info(session: &mut Session, args: Args) -> CoordFuture<'_> {
     Box::pin(async move {
@@ -536,7 +533,7 @@ fn flush(session: &mut Session, args: Args, all: bool) -> CoordFuture<'_> {
 /// Keeps a whole-keyspace command in the log part of transaction `tag` on this shard.
 fn log_in_tx(shard: &crate::shard::Shard, tag: Option<TxTag>, db: usize, args: &Args) {
     if let Some(tag) = tag {
-        shard.with_aof(|a| a.buffer_tx(tag, db as u32, args.clone()));
+        shard.journal().buffer_tx(tag, db as u32, args.clone());
     }
 }
 
@@ -654,19 +651,6 @@ fn debug(session: &mut Session, args: &Args) -> CommandResult {
     )))
 }
 
-/// Parses WAITAOF's timeout as Valkey does; `None` means block forever.
-fn parse_timeout(arg: &[u8]) -> CommandResult<Option<Duration>> {
-    let ms = crate::protocol::parser::parse_i64(arg)
-        .ok_or_else(|| CommandError::err("timeout is not an integer or out of range"))?;
-    if ms < 0 {
-        return Err(CommandError::err("timeout is negative"));
-    }
-    if crate::server::state::unix_ms().checked_add(ms).is_none() {
-        return Err(CommandError::err("timeout is out of range"));
-    }
-    Ok((ms > 0).then(|| Duration::from_millis(ms.unsigned_abs())))
-}
-
 /// Every shard's durable watermark (`None` where the shard has no log).
 async fn watermarks(session: &Session) -> CommandResult<Vec<Option<u64>>> {
     session.gather(|s| s.with_aof(|a| a.durable())).await
@@ -727,34 +711,50 @@ fn waitaof(session: &mut Session, args: Args) -> CoordFuture<'_> {
             .filter(|&n| n >= 0)
             .ok_or_else(|| CommandError::err("value is out of range, must be positive"))?;
         let timeout = parse_timeout(args.get(3))?;
+        let replication = &session.shard.server.replication;
+        if replication.is_replica() {
+            return Err(CommandError::err(
+                "WAITAOF cannot be used with replica instances. Please also note that writes to \
+                 replicas are just local and are not propagated.",
+            ));
+        }
         if numlocal > 0 && !session.shard.config().appendonly {
             return Err(CommandError::err(
                 "WAITAOF cannot be used when numlocal is set but appendonly is disabled.",
             ));
         }
-        // Replicas acknowledge nothing yet: none can count.
-        let replicas_acked = 0;
+        let woff = session.woff.clone();
         let durable = watermarks(session).await?;
         let mut acked = local_ack(session, &durable);
+        let mut replicas_acked = replication.count_acked(&woff, true);
         let satisfied = acked >= numlocal && replicas_acked >= numreplicas;
         if !satisfied && !session.in_exec {
+            if replicas_acked < numreplicas {
+                replication.request_getack(&woff);
+            }
             let wanted = async {
-                if numlocal > acked {
-                    wait_local(session, durable).await?;
-                }
-                if numreplicas > replicas_acked {
-                    std::future::pending::<()>().await;
-                }
-                Ok(())
+                let local = async {
+                    if numlocal > acked {
+                        wait_local(session, durable).await?;
+                    }
+                    Ok(())
+                };
+                let replicas = replicas_reach(session, || {
+                    replication.count_acked(&woff, true) >= numreplicas
+                });
+                futures_lite::future::try_zip(local, replicas)
+                    .await
+                    .map(|_| ())
             };
             let expired = async {
-                match timeout {
-                    Some(t) => glommio::timer::sleep(t).await,
-                    None => std::future::pending().await,
-                }
+                expiry(timeout).await;
                 Ok::<(), CommandError>(())
             };
-            let waited = futures_lite::future::or(wanted, expired).await;
+            let waited = futures_lite::future::or(
+                futures_lite::future::or(wanted, demoted(session)),
+                expired,
+            )
+            .await;
             // A log turned off while this waited releases it with an error; Valkey answers
             // with the numlocal error then.
             if numlocal > 0 && !session.shard.config().appendonly {
@@ -762,8 +762,14 @@ fn waitaof(session: &mut Session, args: Args) -> CoordFuture<'_> {
                     "WAITAOF cannot be used when numlocal is set but appendonly is disabled.",
                 ));
             }
-            waited?;
+            if let Err(e) = waited {
+                if replication.is_replica() {
+                    session.close_after_reply = true;
+                }
+                return Err(e);
+            }
             acked = local_ack(session, &watermarks(session).await?);
+            replicas_acked = replication.count_acked(&woff, true);
         }
         session.out.array(2);
         session.out.int(acked);

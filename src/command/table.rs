@@ -103,8 +103,10 @@ pub type KeyedFn = fn(&mut KeyCtx<'_>, &Args) -> CommandResult;
 /// A command that runs on the connection and finishes at once.
 pub type ConnFn = fn(&mut Session, &Args) -> CommandResult;
 /// A command that runs on the connection and may talk to other shards.
-pub type CoordFn =
-    for<'a> fn(&'a mut Session, Args) -> Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
+pub type CoordFn = for<'a> fn(&'a mut Session, Args) -> CoordFuture<'a>;
+
+/// What a coordinating handler returns.
+pub type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
 
 /// How a keyed command's results combine when its keys span shards.
 #[derive(Clone, Copy)]

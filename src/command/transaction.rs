@@ -6,10 +6,8 @@
 //! client can see or change those keys, so the transaction is atomic across shards.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 
-use super::table::{Command, Handler};
+use super::table::{Command, CoordFuture, Handler};
 use crate::error::{CommandError, CommandResult};
 use crate::protocol::Args;
 use crate::server::session::{Multi, Queued, Session, Watched};
@@ -24,8 +22,6 @@ pub static HANDLERS: &[(&str, Handler)] = &[
     ("watch", Handler::Coord(watch)),
     ("unwatch", Handler::Conn(unwatch)),
 ];
-
-type CoordFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + 'a>>;
 
 fn multi(session: &mut Session, _args: &Args) -> CommandResult {
     session.multi = Some(Multi::default());

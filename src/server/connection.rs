@@ -171,6 +171,18 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, writer: TcpStream, clien
         Err(e) => log::debug!("client id={} closed: {e}", conn.client.id),
     }
     session.close();
+    if let (Some(psync), Some(writer)) = (session.handoff.take(), session.take_writer()) {
+        crate::replication::primary::serve(
+            conn.shard,
+            conn.stream,
+            writer,
+            conn.client,
+            psync,
+            session.replica_listening_port,
+            conn.input,
+        )
+        .await;
+    }
 }
 
 async fn serve_loop(conn: &mut Connection, session: &mut Session) -> std::io::Result<Close> {

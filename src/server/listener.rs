@@ -119,13 +119,8 @@ async fn admit(shard: &Rc<Shard>, mut stream: TcpStream) {
         refuse(&mut stream, "-ERR max number of clients reached\r\n").await;
         return;
     }
-    // A second descriptor for the same socket: replies are written through it while the
-    // connection reads through the first (a blocked client is still read from).
-    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    let writer = match SockRef::from(&fd).try_clone() {
-        // SAFETY: `try_clone` made a new descriptor that nothing else owns; the stream takes it.
-        Ok(socket) => unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) },
+    let writer = match second_handle(&stream) {
+        Ok(writer) => writer,
         Err(e) => {
             log::warn!("Could not set up the connection from {addr}: {e}");
             shard.server.release_client();
@@ -142,6 +137,16 @@ async fn admit(shard: &Rc<Shard>, mut stream: TcpStream) {
         s.server.release_client();
     })
     .detach();
+}
+
+/// A second descriptor for the same socket: replies are written through it while the
+/// connection reads through the first (a blocked client is still read from).
+pub fn second_handle(stream: &TcpStream) -> std::io::Result<TcpStream> {
+    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let socket = SockRef::from(&fd).try_clone()?;
+    // SAFETY: `try_clone` made a new descriptor that nothing else owns; the stream takes it.
+    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
 fn configure(stream: &TcpStream, keepalive_s: u64) -> std::io::Result<()> {

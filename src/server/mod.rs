@@ -20,6 +20,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::config::Config;
+use crate::replication::state::PrimaryAddr;
 use crate::shard::mesh::{self, Batch, CHANNEL_BATCHES_MAX};
 use crate::shard::{cron, Shard};
 use crate::storage::open::LogStart;
@@ -257,6 +258,11 @@ async fn shard_main(
     glommio::spawn_local(cron::run(Rc::clone(&shard))).detach();
     if index == 0 {
         glommio::spawn_local(watch_for_signals(Rc::clone(&shard))).detach();
+        if let Some((host, port)) = shard.config().replicaof.clone() {
+            let state = &shard.server.replication;
+            let generation = state.set_primary(Some(PrimaryAddr { host, port }));
+            crate::replication::replica::start(&shard, generation);
+        }
     }
     for fd in listeners {
         glommio::spawn_local(listener::accept_loop(Rc::clone(&shard), fd)).detach();

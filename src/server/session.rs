@@ -79,8 +79,17 @@ pub struct Session {
     pub shard: Rc<Shard>,
     pub client: Rc<ClientInfo>,
     pub out: ReplyBuf,
-    /// The connection's socket, for writing replies.
-    writer: TcpStream,
+    /// The connection's socket, for writing replies (none for the link from a primary, whose
+    /// commands get no replies).
+    writer: Option<TcpStream>,
+    /// Runs the stream from this server's primary: writes are allowed on a read-only replica.
+    pub from_primary: bool,
+    /// The port a replica said it listens on (REPLCONF listening-port).
+    pub replica_listening_port: u16,
+    /// The replica said it speaks corekv's stream (REPLCONF capa corekv).
+    pub replica_capa_corekv: bool,
+    /// PSYNC/SYNC: the connection becomes a replica's link once the reply loop ends.
+    pub handoff: Option<Args>,
     pub db: usize,
     pub authenticated: bool,
     pub multi: Option<Multi>,
@@ -122,7 +131,11 @@ impl Session {
             shard,
             client,
             out: ReplyBuf::default(),
-            writer,
+            writer: Some(writer),
+            from_primary: false,
+            replica_listening_port: 0,
+            replica_capa_corekv: false,
+            handoff: None,
             db: 0,
             authenticated,
             multi: None,
@@ -135,6 +148,48 @@ impl Session {
             gated: Vec::new(),
             group,
         }
+    }
+
+    /// The session that applies the stream from this server's primary: no socket, no replies.
+    pub fn for_primary_link(shard: Rc<Shard>, client: Rc<ClientInfo>) -> Self {
+        let group = Group {
+            per_shard: (0..shard.count()).map(|_| Vec::new()).collect(),
+            order: Vec::new(),
+        };
+        client.authenticated.set(true);
+        Session {
+            shard,
+            client,
+            out: ReplyBuf::default(),
+            writer: None,
+            from_primary: true,
+            replica_listening_port: 0,
+            replica_capa_corekv: false,
+            handoff: None,
+            db: 0,
+            authenticated: true,
+            multi: None,
+            watched: Vec::new(),
+            close_after_reply: false,
+            in_exec: false,
+            tx_tag: None,
+            woff: vec![0; shard_count(&group)],
+            gate: 0,
+            gated: Vec::new(),
+            group,
+        }
+    }
+
+    /// Drops the replies produced so far (the link from a primary answers nothing).
+    pub fn discard_replies(&mut self) {
+        self.out.clear();
+        self.gate = 0;
+        self.gated.clear();
+    }
+
+    /// The socket's writing half, handed over with the connection (PSYNC).
+    pub fn take_writer(&mut self) -> Option<TcpStream> {
+        self.writer.take()
     }
 
     /// True while the client must still authenticate.
@@ -180,6 +235,11 @@ impl Session {
             self.reject(Some(command), CommandError::NoAuth);
             return;
         }
+        if command.is_write() && !self.from_primary && self.is_read_only_replica() {
+            self.flush_group().await;
+            self.reject(Some(command), CommandError::ReadOnlyReplica);
+            return;
+        }
         if self.multi.is_some() {
             if command.has_flag(flags::NO_MULTI) {
                 self.reject(
@@ -198,6 +258,10 @@ impl Session {
             }
         }
         self.execute(command, args).await;
+    }
+
+    fn is_read_only_replica(&self) -> bool {
+        self.shard.server.replication.is_replica() && self.shard.config().replica_read_only
     }
 
     /// Refuses a command before it runs; inside MULTI this dooms the transaction.
@@ -370,8 +434,11 @@ impl Session {
         }
         let len = self.out.len();
         self.client.output_bytes.set(len);
+        let Some(writer) = self.writer.as_mut() else {
+            self.discard_replies();
+            return Ok(true);
+        };
         let client = Rc::clone(&self.client);
-        let writer = &mut self.writer;
         let bytes = self.out.as_bytes();
         let write = async {
             writer.write_all(bytes).await?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, LiveConfig};
+use crate::replication::state::ReplicationState;
 use crate::storage::rewrite::RewriteStatus;
 
 /// Process-wide state.
@@ -29,6 +30,8 @@ pub struct ServerState {
     shutdown_requested: Arc<AtomicBool>,
     /// The log's files and the rewrite in progress.
     pub rewrite: RewriteStatus,
+    /// Role, replicas and the link to a primary.
+    pub replication: ReplicationState,
     /// Shards that have loaded their log (clients are served once all have).
     shards_loaded: AtomicUsize,
 }
@@ -56,6 +59,7 @@ impl ServerState {
             connected_clients: AtomicU64::new(0),
             shutdown_requested: Arc::new(AtomicBool::new(false)),
             rewrite: RewriteStatus::default(),
+            replication: ReplicationState::default(),
             shards_loaded: AtomicUsize::new(0),
         }
     }

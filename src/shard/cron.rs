@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::{exec, Shard};
+use super::Shard;
 use crate::server::state::unix_ms;
 use crate::storage::rewrite::{self, Purpose, Shards};
 
@@ -89,9 +89,7 @@ fn active_expire(shard: &Shard, budget: Duration) {
             }
         }
     }
-    if let Some(aof) = shard.aof().as_mut() {
-        exec::log_expired(aof, &mut dbs);
-    }
+    shard.journal().log_expired(&mut dbs);
 }
 
 fn rehash(shard: &Shard) {

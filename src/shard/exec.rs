@@ -5,6 +5,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::journal::Journal;
 use super::mesh::{Outcome, Payload};
 use super::Shard;
 use crate::command::table::{Command, Handler};
@@ -129,20 +130,22 @@ pub fn run_keyed(
     let config = shard.config();
     let (mut last, now_ms) = shard.now();
     let mut dbs = shard.dbs();
-    let mut aof = shard.aof();
+    let mut journal = shard.journal();
     let mut stats = shard.stats.borrow_mut();
     for (i, call) in calls.iter().enumerate().skip(from) {
         if mode == Mode::Plain && is_blocked(shard, call) {
             return i;
         }
         let refused = if call.command.is_write() {
-            aof.as_ref()
+            journal
+                .aof
+                .as_ref()
                 .and_then(|a| a.failure())
                 .map(|f| CommandError::Coded(f.misconf()))
         } else {
             None
         };
-        let before = if aof.is_some() {
+        let before = if journal.is_on() {
             total_changes(&dbs)
         } else {
             0
@@ -166,9 +169,9 @@ pub fn run_keyed(
             }
             (None, _) => Err(CommandError::err("command cannot run on a shard")),
         };
-        if let Some(aof) = aof.as_mut() {
+        if journal.is_on() {
             let changed = result.is_ok() && total_changes(&dbs) != before;
-            log_call(aof, &mut dbs, call, changed, log, mode, effects);
+            log_call(&mut journal, &mut dbs, call, changed, log, mode, effects);
         }
         if let Err(e) = &result {
             let message = e.to_string();
@@ -192,10 +195,10 @@ pub fn run_keyed(
     calls.len()
 }
 
-/// Appends what a call did to the log: first the keys it found expired (as deletions), then
-/// the call itself if it changed data; or notes the unsynced writes it read.
+/// Records what a call did: first the keys it found expired (as deletions), then the call
+/// itself if it changed data; or notes the unsynced writes it read.
 fn log_call(
-    aof: &mut Aof,
+    journal: &mut Journal<'_>,
     dbs: &mut [crate::shard::db::Db],
     call: &KeyedCall,
     changed: bool,
@@ -203,14 +206,14 @@ fn log_call(
     mode: Mode,
     effects: &mut Effects,
 ) {
-    log_expired(aof, dbs);
+    journal.log_expired(dbs);
     if changed {
         let commands = match log {
             LogAs::Original => vec![call.args.clone()],
             LogAs::Commands(commands) => commands,
         };
-        append(aof, call.db, commands, mode, effects);
-    } else if aof.mode == FsyncMode::Always {
+        append(journal, call.db, commands, mode, effects);
+    } else if let Some(aof) = journal.aof.as_ref().filter(|a| a.mode == FsyncMode::Always) {
         for position in call.command.key_positions(&call.args) {
             if let Some(end) = aof.dirty_until(call.db, call.args.get(position)) {
                 effects.durable_at = effects.durable_at.max(end);
@@ -219,35 +222,29 @@ fn log_call(
     }
 }
 
-/// Logs the deletions of keys that expired, at once and outside any transaction: whatever is
-/// logged next about those keys must come after them.
-pub fn log_expired(aof: &mut Aof, dbs: &mut [crate::shard::db::Db]) {
-    for (db_index, db) in dbs.iter_mut().enumerate() {
-        if !db.has_expired() {
-            continue;
-        }
-        for key in db.take_expired() {
-            let del = Args::from_vecs([b"DEL".as_slice(), &key]);
-            aof.append_commands(std::iter::once((db_index as u32, &del)));
-        }
-    }
-}
-
-fn append(aof: &mut Aof, db: usize, commands: Vec<Args>, mode: Mode, effects: &mut Effects) {
+fn append(
+    journal: &mut Journal<'_>,
+    db: usize,
+    commands: Vec<Args>,
+    mode: Mode,
+    effects: &mut Effects,
+) {
     match mode {
         Mode::Transaction(tag) => {
             for args in commands {
-                aof.buffer_tx(tag, db as u32, args);
+                journal.buffer_tx(tag, db as u32, args);
             }
         }
         Mode::Plain => {
-            let end = aof.append_commands(commands.iter().map(|a| (db as u32, a)));
-            for args in &commands {
-                mark_dirty(aof, db, args, end);
-            }
+            let end = journal.append_commands(commands.iter().map(|a| (db as u32, a)));
             effects.wrote_to = effects.wrote_to.max(end);
-            if aof.mode == FsyncMode::Always {
-                effects.durable_at = effects.durable_at.max(end);
+            if let Some(aof) = journal.aof.as_mut() {
+                for args in &commands {
+                    mark_dirty(aof, db, args, end);
+                }
+                if aof.mode == FsyncMode::Always {
+                    effects.durable_at = effects.durable_at.max(end);
+                }
             }
         }
     }

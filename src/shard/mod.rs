@@ -6,6 +6,7 @@ pub mod cron;
 pub mod db;
 pub mod dict;
 pub mod exec;
+pub mod journal;
 pub mod locks;
 pub mod mesh;
 pub mod routing;
@@ -19,16 +20,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::replication::backlog::Backlog;
 use crate::server::clients::ClientRegistry;
 use crate::server::state::{unix_ms, ServerState};
 use crate::storage::aof::{Aof, AofFailure};
 use crate::storage::rewrite::ShardRewrite;
+use crate::storage::snapshot::BaseSink;
 use crate::storage::FsyncMode;
 use crate::telemetry::stats::ShardStats;
 use db::Db;
 use locks::LockTable;
 use mesh::Mesh;
 use routing::SlotMap;
+
+/// A shard's part of `repl-backlog-size`.
+pub fn backlog_share(config: &Config, shards: usize) -> usize {
+    usize::try_from(config.repl_backlog_size / shards.max(1) as u64)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
 
 /// One shard's state. Lives on its executor's thread only (`Rc`, `RefCell`).
 pub struct Shard {
@@ -45,8 +55,12 @@ pub struct Shard {
     next_tx: Cell<u64>,
     /// The append-only log, when `appendonly` is on.
     aof: RefCell<Option<Aof>>,
+    /// The replication backlog, once a replica has synced.
+    backlog: RefCell<Option<Backlog>>,
     /// This shard's part of a rewrite in progress.
     rewrite_job: RefCell<Option<ShardRewrite>>,
+    /// The records of a replica's full sync snapshot, while it is taken.
+    sync_sink: RefCell<Option<Rc<RefCell<BaseSink>>>>,
     /// Where the last log of this process ended: a log turned on again starts there.
     log_floor: Cell<u64>,
     /// An instant and the Unix time it stands for, refreshed every tick: one clock read gives
@@ -71,7 +85,9 @@ impl Shard {
             clients: RefCell::new(ClientRegistry::default()),
             next_tx: Cell::new(1),
             aof: RefCell::new(None),
+            backlog: RefCell::new(None),
             rewrite_job: RefCell::new(None),
+            sync_sink: RefCell::new(None),
             log_floor: Cell::new(0),
             clock_base: Cell::new((Instant::now(), unix_ms())),
             server,
@@ -113,6 +129,9 @@ impl Shard {
             if let Some(aof) = self.aof.borrow_mut().as_mut() {
                 aof.set_mode(fresh.appendfsync);
             }
+            if let Some(backlog) = self.backlog.borrow_mut().as_mut() {
+                backlog.set_capacity(backlog_share(&fresh, self.count()));
+            }
             *cached = (version, fresh);
         }
         Rc::clone(&cached.1)
@@ -144,6 +163,14 @@ impl Shard {
         self.aof.borrow_mut()
     }
 
+    /// Where the shard's next write goes in its log and replication stream.
+    pub fn write_end(&self) -> u64 {
+        self.aof
+            .borrow()
+            .as_ref()
+            .map_or(self.log_floor.get(), Aof::end)
+    }
+
     /// Where a log turned on now starts: after every position an earlier one used.
     pub fn log_floor(&self) -> u64 {
         self.log_floor.get()
@@ -158,6 +185,43 @@ impl Shard {
         self.rewrite_job.borrow_mut()
     }
 
+    /// The AOF and the replication backlog, to record writes.
+    pub fn journal(&self) -> journal::Journal<'_> {
+        journal::Journal {
+            aof: self.aof.borrow_mut(),
+            backlog: self.backlog.borrow_mut(),
+            floor: &self.log_floor,
+        }
+    }
+
+    /// The replication backlog, if one exists.
+    pub fn backlog(&self) -> RefMut<'_, Option<Backlog>> {
+        self.backlog.borrow_mut()
+    }
+
+    /// Creates the replication backlog (kept from then on), continuing the shard's positions.
+    pub fn start_backlog(&self, capacity: usize) -> u64 {
+        let start = self.write_end();
+        let mut backlog = self.backlog.borrow_mut();
+        let backlog = backlog.get_or_insert_with(|| Backlog::new(start, capacity));
+        let end = backlog.end();
+        self.log_expired_if_recording();
+        end
+    }
+
+    /// Deleted expired keys are remembered only while something records them.
+    fn log_expired_if_recording(&self) {
+        let on = self.aof.borrow().is_some() || self.backlog.borrow().is_some();
+        for db in self.dbs.borrow_mut().iter_mut() {
+            db.set_log_expired(on);
+        }
+    }
+
+    /// The snapshot of a replica's full sync being taken here.
+    pub fn sync_sink(&self) -> RefMut<'_, Option<Rc<RefCell<BaseSink>>>> {
+        self.sync_sink.borrow_mut()
+    }
+
     /// Runs `f` on the log, if on.
     pub fn with_aof<R>(&self, f: impl FnOnce(&mut Aof) -> R) -> Option<R> {
         self.aof.borrow_mut().as_mut().map(f)
@@ -170,11 +234,8 @@ impl Shard {
 
     /// Installs (or, with `None`, removes) the log.
     pub fn set_aof(&self, aof: Option<Aof>) {
-        let on = aof.is_some();
         *self.aof.borrow_mut() = aof;
-        for db in self.dbs.borrow_mut().iter_mut() {
-            db.set_log_expired(on);
-        }
+        self.log_expired_if_recording();
     }
 
     /// Completes when the log is durable up to `position` (at once without a log or position).

@@ -140,20 +140,21 @@ impl Drop for Transaction {
 /// keys as not yet durable, releases the locks.
 fn finish(shard: &Shard, id: TxId, tag: TxTag, writers: &[u16], writer: bool) -> u64 {
     let mut dbs = shard.dbs();
-    let end = shard
-        .with_aof(|aof| {
-            exec::log_expired(aof, &mut dbs);
-            if !writer {
-                aof.forget_tx(tag);
-                return 0;
-            }
-            let (end, commands) = aof.commit_tx(tag, writers);
+    let mut journal = shard.journal();
+    journal.log_expired(&mut dbs);
+    let end = if writer {
+        let (end, commands) = journal.commit_tx(tag, writers);
+        if let Some(aof) = journal.aof.as_mut() {
             for c in &commands {
                 exec::mark_dirty(aof, c.db as usize, &c.args, end);
             }
-            end
-        })
-        .unwrap_or(0);
+        }
+        end
+    } else {
+        journal.forget_tx(tag);
+        0
+    };
+    drop(journal);
     drop(dbs);
     shard.locks().release(id);
     end

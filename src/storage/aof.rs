@@ -224,6 +224,15 @@ impl Aof {
         self.publish(synced);
     }
 
+    /// The last `len` bytes appended, not yet taken by the commit loop (the record just
+    /// appended, for the replication backlog).
+    pub fn recent(&self, len: u64) -> &[u8] {
+        let len = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .min(self.pending.len());
+        &self.pending[self.pending.len() - len..]
+    }
+
     /// Log position after the last appended record.
     pub fn end(&self) -> u64 {
         self.end

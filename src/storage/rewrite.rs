@@ -84,6 +84,8 @@ pub struct LogFiles {
 #[derive(Debug)]
 pub struct RewriteStatus {
     in_progress: AtomicBool,
+    /// A replica's full sync is taking its snapshot.
+    syncing: AtomicBool,
     /// The log is being turned off: nothing may start until it is.
     stopping: AtomicBool,
     /// The log is being turned on: until its bases are written, earlier writes are on no disk.
@@ -104,6 +106,7 @@ impl Default for RewriteStatus {
     fn default() -> Self {
         RewriteStatus {
             in_progress: AtomicBool::new(false),
+            syncing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             turning_on: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
@@ -124,10 +127,15 @@ impl RewriteStatus {
         if self.stopping.load(Ordering::Acquire) {
             return false;
         }
-        let claimed = self
+        let mut claimed = self
             .in_progress
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
+        // The keyspace snapshots of a replica's full sync and of a rewrite cannot overlap.
+        if claimed && self.syncing.load(Ordering::SeqCst) {
+            self.in_progress.store(false, Ordering::SeqCst);
+            claimed = false;
+        }
         if claimed {
             self.cancelled.store(false, Ordering::Release);
             self.started_ms
@@ -138,6 +146,28 @@ impl RewriteStatus {
 
     pub fn in_progress(&self) -> bool {
         self.in_progress.load(Ordering::Acquire)
+    }
+
+    /// Claims the keyspace snapshots for a replica's full sync; false while a rewrite or
+    /// another sync holds them.
+    pub fn try_begin_sync(&self) -> bool {
+        if self
+            .syncing
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        if self.in_progress.load(Ordering::SeqCst) {
+            self.syncing.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back what [`RewriteStatus::try_begin_sync`] claimed.
+    pub fn end_sync(&self) {
+        self.syncing.store(false, Ordering::SeqCst);
     }
 
     /// Whether the log is being turned on (its first bases are not written yet).

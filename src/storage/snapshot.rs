@@ -27,7 +27,7 @@ const STEP_BUDGET: Duration = Duration::from_micros(250);
 /// Pause between stretches of walking. It must be a real wait: the executor then polls for
 /// I/O (a zero-length timer or a plain yield keeps it running tasks, and clients would wait
 /// milliseconds for their turn).
-const STEP_PAUSE: Duration = Duration::from_micros(100);
+pub const STEP_PAUSE: Duration = Duration::from_micros(100);
 
 /// Encoded key-state records for the base, in order, and the position of the next one.
 #[derive(Debug, Default)]
@@ -254,16 +254,7 @@ async fn copy_into(
                 "the rewrite was cancelled",
             ));
         }
-        let started = Instant::now();
-        let complete = loop {
-            let complete = shard
-                .dbs()
-                .iter_mut()
-                .all(|db| db.snapshot_step(STEP_BUCKETS));
-            if complete || started.elapsed() >= STEP_BUDGET {
-                break complete;
-            }
-        };
+        let complete = walk(shard);
         let chunk = std::mem::take(&mut sink.borrow_mut().bytes);
         if !chunk.is_empty() {
             written += chunk.len() as u64;
@@ -273,6 +264,21 @@ async fn copy_into(
             return Ok(written);
         }
         glommio::timer::sleep(STEP_PAUSE).await;
+    }
+}
+
+/// Walks the shard's snapshots for one stretch of [`STEP_BUDGET`]; true once they are complete.
+/// The caller pauses for [`STEP_PAUSE`] before the next stretch.
+pub fn walk(shard: &Shard) -> bool {
+    let started = Instant::now();
+    loop {
+        let complete = shard
+            .dbs()
+            .iter_mut()
+            .all(|db| db.snapshot_step(STEP_BUCKETS));
+        if complete || started.elapsed() >= STEP_BUDGET {
+            return complete;
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! a `# Shards` section of corekv's own with one line per shard.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
 use super::alloc;
 use super::stats::ShardStats;
@@ -29,6 +30,10 @@ pub struct ShardSnapshot {
     pub cpu_user_s: f64,
     pub cpu_sys_s: f64,
     pub aof: Option<AofSnapshot>,
+    /// Where the shard's next write goes in its log and replication stream.
+    pub write_end: u64,
+    /// The replication backlog: (first position held, end, bytes held, capacity).
+    pub backlog: Option<(u64, u64, usize, usize)>,
 }
 
 /// The state of one shard's log, for INFO persistence.
@@ -74,6 +79,11 @@ impl AofSnapshot {
 impl ShardSnapshot {
     /// Takes the snapshot on the shard's own thread.
     pub fn take(shard: &Shard) -> ShardSnapshot {
+        let write_end = shard.write_end();
+        let backlog = shard
+            .backlog()
+            .as_ref()
+            .map(|b| (b.first(), b.end(), b.held(), b.capacity()));
         let dbs = shard.dbs();
         let (mut hits, mut misses, mut expired) = (0, 0, 0);
         for db in dbs.iter() {
@@ -110,6 +120,8 @@ impl ShardSnapshot {
             cpu_user_s: user,
             cpu_sys_s: sys,
             aof: shard.aof().as_ref().map(AofSnapshot::take),
+            write_end,
+            backlog,
         }
     }
 }
@@ -219,7 +231,7 @@ pub fn render(
             "memory" => memory_section(&mut out),
             "persistence" => persistence_section(&mut out, shards, server, config),
             "stats" => stats_section(&mut out, shards, &total),
-            "replication" => replication_section(&mut out, server),
+            "replication" => replication_section(&mut out, shards, server, config),
             "cpu" => cpu_section(&mut out),
             "modules" => out.push_str("# Modules\r\n"),
             "commandstats" => commandstats_section(&mut out, &total),
@@ -503,18 +515,95 @@ fn stats_section(out: &mut String, shards: &[ShardSnapshot], total: &ShardStats)
     field!(out, "cross_shard_requests_served", total.cross_shard_served);
 }
 
-fn replication_section(out: &mut String, server: &ServerState) {
+fn replication_section(
+    out: &mut String,
+    shards: &[ShardSnapshot],
+    server: &ServerState,
+    config: &Config,
+) {
+    let replication = &server.replication;
+    let (replid, replid2) = replication.replids();
+    let now_ms = crate::server::state::unix_ms();
     out.push_str("# Replication\r\n");
-    field!(out, "role", "master");
-    field!(out, "connected_slaves", 0);
+    // Offsets are sums over the shards of their stream positions (one stream per shard).
+    let offset: u64 = match replication.primary() {
+        Some(primary) => {
+            let link = &replication.link;
+            let up = link.up.load(Ordering::Acquire);
+            let processed = link.processed.load(Ordering::Acquire);
+            field!(out, "role", "slave");
+            field!(out, "master_host", primary.host);
+            field!(out, "master_port", primary.port);
+            field!(out, "master_link_status", if up { "up" } else { "down" });
+            let last_io = link.last_io_ms.load(Ordering::Acquire);
+            let ago = if last_io == 0 {
+                -1
+            } else {
+                (now_ms - last_io).max(0) / 1000
+            };
+            field!(out, "master_last_io_seconds_ago", ago);
+            field!(
+                out,
+                "master_sync_in_progress",
+                i32::from(link.sync_in_progress.load(Ordering::Acquire))
+            );
+            field!(out, "slave_read_repl_offset", processed);
+            field!(out, "slave_repl_offset", processed);
+            field!(out, "replicas_repl_buffer_size", 0);
+            field!(out, "replicas_repl_buffer_peak", 0);
+            if !up {
+                let since = link.down_since_ms.load(Ordering::Acquire);
+                let down = if since == 0 {
+                    -1
+                } else {
+                    (now_ms - since).max(0) / 1000
+                };
+                field!(out, "master_link_down_since_seconds", down);
+            }
+            field!(out, "slave_priority", 100);
+            field!(out, "slave_read_only", i32::from(config.replica_read_only));
+            field!(out, "replica_announced", 1);
+            processed
+        }
+        None => {
+            field!(out, "role", "master");
+            shards.iter().map(|s| s.write_end).sum()
+        }
+    };
+    let replicas = replication.replicas();
+    field!(out, "connected_slaves", replicas.len());
+    for (i, r) in replicas.iter().enumerate() {
+        let state = match r.state() {
+            crate::replication::state::ReplicaSyncState::SendBulk => "send_bulk",
+            crate::replication::state::ReplicaSyncState::Online => "online",
+        };
+        let _ = write!(
+            out,
+            "slave{i}:ip={},port={},state={state},offset={},lag={},type=replica\r\n",
+            r.ip,
+            r.listening_port,
+            r.acked_total(),
+            r.lag_s()
+        );
+    }
+    field!(out, "replicas_waiting_psync", 0);
     field!(out, "master_failover_state", "no-failover");
-    field!(out, "master_replid", server.run_id);
-    field!(out, "master_replid2", "0".repeat(40));
-    field!(out, "master_repl_offset", 0);
+    field!(out, "master_replid", replid);
+    field!(out, "master_replid2", replid2);
+    field!(out, "master_repl_offset", offset);
     field!(out, "second_repl_offset", -1);
-    field!(out, "repl_backlog_active", 0);
-    field!(out, "repl_backlog_first_byte_offset", 0);
-    field!(out, "repl_backlog_histlen", 0);
+    let backlogs: Vec<_> = shards.iter().filter_map(|s| s.backlog).collect();
+    let active = !backlogs.is_empty();
+    field!(out, "repl_backlog_active", i32::from(active));
+    field!(out, "repl_backlog_size", config.repl_backlog_size);
+    let first: u64 = backlogs.iter().map(|b| b.0).sum();
+    let held: usize = backlogs.iter().map(|b| b.2).sum();
+    field!(
+        out,
+        "repl_backlog_first_byte_offset",
+        if active { first + 1 } else { 0 }
+    );
+    field!(out, "repl_backlog_histlen", held);
 }
 
 fn cpu_section(out: &mut String) {

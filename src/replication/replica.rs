@@ -1,0 +1,795 @@
+//! A replica's link to its primary: connect, handshake (PING, AUTH, REPLCONF, PSYNC), then a
+//! full sync or a partial resync, then the live stream, reconnecting after any failure.
+//!
+//! The primary's records are applied as commands through a session of this server (the
+//! "primary client"), so each one runs on the shard that owns its key here (the two servers may
+//! have different shard counts) and lands in this server's own AOF. A cross-shard transaction
+//! of the primary arrives as one part per primary shard; a shard's stream stops at its part
+//! until every part has arrived, and the parts then run together as one transaction, so the
+//! replica never shows half of it.
+//!
+//! Acknowledgements (`REPLCONF ACK <received> FACK <durable>`, one position per primary shard)
+//! go out every second and at every `REPLCONF GETACK`: first what was applied, then, once this
+//! server's AOF made it durable (the GETACK asks its shards to sync now), the durable part.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::primary::{format_positions, parse_positions, put_message};
+use super::state::PrimaryAddr;
+use crate::protocol::{Args, ParseLimits, Parsed, RequestParser};
+use crate::server::clients::ClientInfo;
+use crate::server::session::Session;
+use crate::server::state::unix_ms;
+use crate::shard::Shard;
+use crate::storage::record::{self, Body, LoggedCommand, Record, StoredValue, TxTag};
+
+/// Pause before connecting again after a failure.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Longest wait for the TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Acknowledgements go out at least this often.
+const ACK_PERIOD: Duration = Duration::from_secs(1);
+/// Most (received, written) snapshots kept for FACK; older ones are dropped first.
+const FACK_QUEUE_MAX: usize = 4096;
+/// Longest handshake reply line.
+const LINE_MAX: usize = 64 * 1024;
+
+/// Why the link ended (it is tried again).
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out connecting")]
+    ConnectTimeout,
+    #[error("the primary refused: {0}")]
+    Refused(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the primary closed the connection")]
+    Closed,
+    #[error("replication was reconfigured")]
+    Superseded,
+}
+
+/// Starts following the configured primary (a task on `home` that lives until the role
+/// changes again).
+pub fn start(home: &Rc<Shard>, generation: u64) {
+    glommio::spawn_local(follow(Rc::clone(home), generation)).detach();
+}
+
+async fn follow(home: Rc<Shard>, generation: u64) {
+    let state = &home.server.replication;
+    state.link.down_since_ms.store(unix_ms(), Ordering::Release);
+    loop {
+        if state.link_generation() != generation {
+            return;
+        }
+        let Some(primary) = state.primary() else {
+            return;
+        };
+        log::info!("Connecting to PRIMARY {}:{}", primary.host, primary.port);
+        let result = link(&home, &primary, generation).await;
+        let was_up = state.link.up.swap(false, Ordering::AcqRel);
+        state.link.sync_in_progress.store(false, Ordering::Release);
+        if was_up {
+            state.link.down_since_ms.store(unix_ms(), Ordering::Release);
+        }
+        match result {
+            Err(LinkError::Superseded) => return,
+            Err(e) => log::warn!(
+                "Link with PRIMARY {}:{} lost: {e}",
+                primary.host,
+                primary.port
+            ),
+            Ok(()) => {}
+        }
+        glommio::timer::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The socket's reading half and what was read but not yet used.
+struct Input {
+    stream: TcpStream,
+    buf: BytesMut,
+    scratch: Vec<u8>,
+}
+
+impl Input {
+    async fn fill(&mut self) -> Result<(), LinkError> {
+        let n = self.stream.read(&mut self.scratch).await?;
+        if n == 0 {
+            return Err(LinkError::Closed);
+        }
+        self.buf.extend_from_slice(&self.scratch[..n]);
+        Ok(())
+    }
+
+    /// One reply line of the handshake (bare newlines, which a primary sends to keep a
+    /// waiting replica's link alive, are skipped).
+    async fn line(&mut self) -> Result<String, LinkError> {
+        loop {
+            while self.buf.first() == Some(&b'\n') {
+                let _ = self.buf.split_to(1);
+            }
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf.split_to(end + 2);
+                return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+            }
+            if self.buf.len() > LINE_MAX {
+                return Err(LinkError::Protocol("reply line too long".into()));
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+async fn send(writer: &mut TcpStream, parts: &[&[u8]]) -> Result<(), LinkError> {
+    let mut message = Vec::new();
+    put_message(&mut message, parts);
+    writer.write_all(&message).await?;
+    Ok(())
+}
+
+async fn connect(primary: &PrimaryAddr) -> Result<TcpStream, LinkError> {
+    let address = format!("{}:{}", primary.host, primary.port);
+    let connect = async {
+        TcpStream::connect(address.as_str())
+            .await
+            .map_err(|e| LinkError::Io(crate::storage::segment::io_error(e)))
+    };
+    let timeout = async {
+        glommio::timer::sleep(CONNECT_TIMEOUT).await;
+        Err(LinkError::ConnectTimeout)
+    };
+    let stream = futures_lite::future::or(connect, timeout).await?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| LinkError::Io(crate::storage::segment::io_error(e)))?;
+    Ok(stream)
+}
+
+/// One connection to the primary, until it fails or the role changes.
+async fn link(home: &Rc<Shard>, primary: &PrimaryAddr, generation: u64) -> Result<(), LinkError> {
+    let stream = connect(primary).await?;
+    let mut writer = crate::server::listener::second_handle(&stream)?;
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], primary.port)));
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut input = Input {
+        stream,
+        buf: BytesMut::new(),
+        scratch: vec![0; 64 * 1024],
+    };
+    let state = &home.server.replication;
+    handshake(home, &mut writer, &mut input).await?;
+    let cached = state.cached_primary();
+    let psync_id = cached.as_ref().map_or("?".to_string(), |c| c.0.clone());
+    let psync_at = cached
+        .as_ref()
+        .map_or("-1".to_string(), |c| format_positions(&c.1));
+    send(
+        &mut writer,
+        &[b"PSYNC", psync_id.as_bytes(), psync_at.as_bytes()],
+    )
+    .await?;
+    let reply = input.line().await?;
+    if state.link_generation() != generation {
+        return Err(LinkError::Superseded);
+    }
+    let client = Rc::new(ClientInfo::new(
+        home.server.next_client_id(),
+        peer,
+        local,
+        -1,
+    ));
+    let session = Session::for_primary_link(Rc::clone(home), client);
+    let shared = Rc::new(RefCell::new(Acks::default()));
+    let mut applier;
+    if let Some(rest) = reply.strip_prefix("+FULLRESYNC ") {
+        let mut words = rest.split(' ');
+        let replid = words.next().unwrap_or_default().to_string();
+        let positions = words
+            .next()
+            .and_then(|p| parse_positions(p.as_bytes()))
+            .ok_or_else(|| LinkError::Protocol(format!("bad FULLRESYNC reply: {reply}")))?;
+        log::info!("Full resync from primary: {replid}:{positions:?}");
+        state.link.sync_in_progress.store(true, Ordering::Release);
+        applier = Applier::new(session, positions);
+        applier.run(0, Args::from_vecs(["FLUSHALL"])).await;
+        receive_snapshot(&mut input, &mut applier, home).await?;
+        state.adopt_replid(&replid);
+        state.set_cached_primary(Some((replid, applier.processed.clone())));
+        state.link.sync_in_progress.store(false, Ordering::Release);
+        log::info!("PRIMARY <-> REPLICA sync: Finished with success");
+    } else if let Some(replid) = reply.strip_prefix("+CONTINUE") {
+        let Some((cached_id, positions)) = cached else {
+            return Err(LinkError::Protocol(
+                "CONTINUE without a cached primary".into(),
+            ));
+        };
+        let replid = replid.trim();
+        let replid = if replid.is_empty() {
+            cached_id
+        } else {
+            replid.to_string()
+        };
+        log::info!("Successful partial resynchronization with primary, from {positions:?}");
+        state.adopt_replid(&replid);
+        applier = Applier::new(session, positions);
+    } else {
+        return Err(LinkError::Refused(reply));
+    }
+    state.link.up.store(true, Ordering::Release);
+    state.link.last_io_ms.store(unix_ms(), Ordering::Release);
+    applier.publish();
+    shared.borrow_mut().received = applier.processed.clone();
+    let acks = send_acks(home, &mut writer, &shared);
+    let stream = receive_stream(home, &mut input, &mut applier, &shared, generation);
+    let result = futures_lite::future::or(stream, acks).await;
+    shared.borrow_mut().closed = true;
+    state.set_cached_primary(Some((state.replids().0, applier.processed.clone())));
+    result
+}
+
+async fn handshake(
+    home: &Rc<Shard>,
+    writer: &mut TcpStream,
+    input: &mut Input,
+) -> Result<(), LinkError> {
+    send(writer, &[b"PING"]).await?;
+    let pong = input.line().await?;
+    let auth_needed = pong.starts_with("-NOAUTH");
+    if !(pong.starts_with('+') || auth_needed) {
+        return Err(LinkError::Refused(pong));
+    }
+    let config = home.config();
+    if !config.masterauth.is_empty() {
+        send(writer, &[b"AUTH", config.masterauth.as_bytes()]).await?;
+        let reply = input.line().await?;
+        if !reply.starts_with('+') {
+            return Err(LinkError::Refused(format!("AUTH: {reply}")));
+        }
+    } else if auth_needed {
+        return Err(LinkError::Refused(
+            "the primary requires a password: set masterauth".into(),
+        ));
+    }
+    let port = home.server.tcp_port.to_string();
+    send(writer, &[b"REPLCONF", b"listening-port", port.as_bytes()]).await?;
+    send(
+        writer,
+        &[
+            b"REPLCONF",
+            b"capa",
+            b"eof",
+            b"capa",
+            b"psync2",
+            b"capa",
+            b"corekv",
+        ],
+    )
+    .await?;
+    // Valkey's replica ignores these replies (an old primary may not know an option).
+    input.line().await?;
+    input.line().await?;
+    Ok(())
+}
+
+fn protocol_limits() -> ParseLimits {
+    ParseLimits {
+        max_bulk_bytes: i64::MAX,
+        unauthenticated: false,
+    }
+}
+
+/// Applies `SNAP` messages until `SYNCED`.
+async fn receive_snapshot(
+    input: &mut Input,
+    applier: &mut Applier,
+    home: &Shard,
+) -> Result<(), LinkError> {
+    let mut parser = RequestParser::new();
+    loop {
+        loop {
+            let message = match parser.parse(&mut input.buf, protocol_limits()) {
+                Ok(Parsed::Command(args)) => args,
+                Ok(Parsed::NeedMore) => break,
+                Err(e) => return Err(LinkError::Protocol(e.to_string())),
+            };
+            if message.is(0, "synced") {
+                applier.settle();
+                return Ok(());
+            }
+            if message.is(0, "snap") && message.len() == 3 {
+                applier.key_states(&message.bytes(2)).await?;
+            } else if !message.is(0, "ping") {
+                return Err(LinkError::Protocol(format!(
+                    "unexpected '{}' during the sync",
+                    message.text(0)
+                )));
+            }
+        }
+        applier.settle();
+        home.server
+            .replication
+            .link
+            .last_io_ms
+            .store(unix_ms(), Ordering::Release);
+        input.fill().await?;
+    }
+}
+
+/// Applies the live stream; answers GETACK through the acknowledgement task.
+async fn receive_stream(
+    home: &Shard,
+    input: &mut Input,
+    applier: &mut Applier,
+    acks: &RefCell<Acks>,
+    generation: u64,
+) -> Result<(), LinkError> {
+    let state = &home.server.replication;
+    let mut parser = RequestParser::new();
+    loop {
+        let mut getack = false;
+        loop {
+            let message = match parser.parse(&mut input.buf, protocol_limits()) {
+                Ok(Parsed::Command(args)) => args,
+                Ok(Parsed::NeedMore) => break,
+                Err(e) => return Err(LinkError::Protocol(e.to_string())),
+            };
+            if message.is(0, "log") && message.len() == 4 {
+                let shard = std::str::from_utf8(message.get(1))
+                    .ok()
+                    .and_then(|s| s.parse::<usize>().ok());
+                let start = std::str::from_utf8(message.get(2))
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
+                let (Some(shard), Some(start)) = (shard, start) else {
+                    return Err(LinkError::Protocol("bad LOG message".into()));
+                };
+                applier.records(shard, start, &message.bytes(3)).await?;
+            } else if message.is(0, "replconf") && message.is(1, "getack") {
+                getack = true;
+            } else if !message.is(0, "ping") {
+                return Err(LinkError::Protocol(format!(
+                    "unexpected '{}' in the stream",
+                    message.text(0)
+                )));
+            }
+        }
+        applier.settle();
+        {
+            let mut acks = acks.borrow_mut();
+            acks.received = applier.processed.clone();
+            if acks.written.len() >= FACK_QUEUE_MAX {
+                acks.written.pop_front();
+            }
+            acks.written
+                .push_back((applier.processed.clone(), applier.session.woff.clone()));
+            acks.getack |= getack;
+            if getack {
+                if let Some(w) = acks.waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        applier.publish();
+        if state.link_generation() != generation {
+            return Err(LinkError::Superseded);
+        }
+        input.fill().await?;
+        state.link.last_io_ms.store(unix_ms(), Ordering::Release);
+    }
+}
+
+/// What the acknowledgement task works from.
+#[derive(Default)]
+struct Acks {
+    /// Per primary shard: the position applied.
+    received: Vec<u64>,
+    /// (applied positions, this server's write positions right after) in order: once this
+    /// server's AOF covers the write positions, the applied positions are durable.
+    written: VecDeque<(Vec<u64>, Vec<u64>)>,
+    /// Per primary shard: the position durable here.
+    fsynced: Vec<u64>,
+    getack: bool,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+/// Sends acknowledgements every second and at each GETACK.
+async fn send_acks(
+    home: &Rc<Shard>,
+    writer: &mut TcpStream,
+    acks: &RefCell<Acks>,
+) -> Result<(), LinkError> {
+    loop {
+        send_ack(home, writer, acks, false).await?;
+        let getack = std::future::poll_fn(|cx| {
+            let mut a = acks.borrow_mut();
+            if a.closed {
+                return Poll::Ready(false);
+            }
+            if std::mem::take(&mut a.getack) {
+                return Poll::Ready(true);
+            }
+            a.waker = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        let tick = async {
+            glommio::timer::sleep(ACK_PERIOD).await;
+            false
+        };
+        if futures_lite::future::or(getack, tick).await {
+            // At once what was received (WAIT), then what is durable once it is (WAITAOF).
+            send_ack(home, writer, acks, false).await?;
+            send_ack(home, writer, acks, true).await?;
+        }
+        if acks.borrow().closed {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends one acknowledgement; with `sync`, first asks every shard to make the writes applied
+/// so far durable. FACK goes only with the AOF on.
+async fn send_ack(
+    home: &Rc<Shard>,
+    writer: &mut TcpStream,
+    acks: &RefCell<Acks>,
+    sync: bool,
+) -> Result<(), LinkError> {
+    let aof_on = home.config().appendonly && !home.server.rewrite.turning_on();
+    if aof_on {
+        if sync {
+            let latest = acks.borrow().written.back().map(|(_, w)| w.clone());
+            for (s, w) in latest.unwrap_or_default().into_iter().enumerate() {
+                if w > 0 {
+                    let _ = home.call_async(s, move |s| s.durable(w, true)).await;
+                }
+            }
+        }
+        let mut durable = Vec::with_capacity(home.count());
+        for s in 0..home.count() {
+            let d = home
+                .call(s, |s| s.with_aof(|a| a.durable()))
+                .await
+                .ok()
+                .flatten();
+            durable.push(d);
+        }
+        let mut a = acks.borrow_mut();
+        while let Some((received, written)) = a.written.front() {
+            let covered = written
+                .iter()
+                .zip(&durable)
+                .all(|(&w, d)| w == 0 || d.is_some_and(|d| d >= w));
+            if !covered {
+                break;
+            }
+            a.fsynced = received.clone();
+            a.written.pop_front();
+        }
+    }
+    let (received, fsynced) = {
+        let a = acks.borrow();
+        (format_positions(&a.received), format_positions(&a.fsynced))
+    };
+    if received.is_empty() {
+        return Ok(());
+    }
+    if aof_on && !fsynced.is_empty() {
+        send(
+            writer,
+            &[
+                b"REPLCONF",
+                b"ACK",
+                received.as_bytes(),
+                b"FACK",
+                fsynced.as_bytes(),
+            ],
+        )
+        .await
+    } else {
+        send(writer, &[b"REPLCONF", b"ACK", received.as_bytes()]).await
+    }
+}
+
+/// A transaction of the primary whose parts are still arriving.
+struct PendingTx {
+    shards: Vec<u16>,
+    parts: BTreeMap<usize, (Vec<LoggedCommand>, u64)>,
+}
+
+/// Applies the primary's records through this server's own command path.
+struct Applier {
+    session: Session,
+    /// Per primary shard: the position after the last record applied.
+    processed: Vec<u64>,
+    /// Per primary shard: the transaction whose other parts it waits for.
+    blocked: Vec<Option<TxTag>>,
+    /// Per primary shard: records that arrived while it was blocked.
+    queued: Vec<VecDeque<(Record, u64)>>,
+    txs: HashMap<TxTag, PendingTx>,
+}
+
+impl Applier {
+    fn new(session: Session, processed: Vec<u64>) -> Applier {
+        let shards = processed.len();
+        Applier {
+            session,
+            processed,
+            blocked: vec![None; shards],
+            queued: (0..shards).map(|_| VecDeque::new()).collect(),
+            txs: HashMap::new(),
+        }
+    }
+
+    /// Runs one command as the primary client.
+    async fn run(&mut self, db: u32, args: Args) {
+        self.session.db = db as usize;
+        self.session.handle(args).await;
+    }
+
+    /// Finishes what was applied so far (this server's write positions are then known) and
+    /// drops the replies.
+    fn settle(&mut self) {
+        self.session.discard_replies();
+    }
+
+    /// Publishes the applied positions for INFO.
+    fn publish(&self) {
+        let total = self.processed.iter().sum();
+        self.session
+            .shard
+            .server
+            .replication
+            .link
+            .processed
+            .store(total, Ordering::Release);
+    }
+
+    async fn key_states(&mut self, bytes: &Bytes) -> Result<(), LinkError> {
+        let mut at = 0;
+        while at < bytes.len() {
+            let position = at as u64;
+            let record::Read::Record(record, len) = record::decode(bytes, at, position) else {
+                return Err(LinkError::Protocol("bad snapshot record".into()));
+            };
+            at += len;
+            if let Body::KeyState(state) = record.body {
+                self.key_state(state).await;
+            }
+        }
+        self.session.flush_group().await;
+        Ok(())
+    }
+
+    async fn key_state(&mut self, state: record::KeyState) {
+        let StoredValue::String(value) = state.value;
+        let key: &[u8] = &state.key;
+        let args = match state.expire_ms {
+            Some(at) => Args::from_vecs([
+                b"SET".as_slice(),
+                key,
+                &value,
+                b"PXAT",
+                at.to_string().as_bytes(),
+            ]),
+            None => Args::from_vecs([b"SET".as_slice(), key, &value]),
+        };
+        self.run(state.db, args).await;
+    }
+
+    /// Applies a `LOG` message: records of primary shard `shard` from `start` on.
+    async fn records(&mut self, shard: usize, start: u64, bytes: &Bytes) -> Result<(), LinkError> {
+        if shard >= self.processed.len() {
+            return Err(LinkError::Protocol(format!("no primary shard {shard}")));
+        }
+        let mut at = 0;
+        let mut position = start;
+        while at < bytes.len() {
+            let record::Read::Record(record, len) = record::decode(bytes, at, position) else {
+                return Err(LinkError::Protocol(format!(
+                    "bad record of shard {shard} at {position}"
+                )));
+            };
+            at += len;
+            position += len as u64;
+            self.record(shard, record, position).await;
+        }
+        self.session.flush_group().await;
+        Ok(())
+    }
+
+    /// Applies one record ending at `end`, or queues it behind a transaction still arriving;
+    /// then whatever a completed transaction released.
+    async fn record(&mut self, shard: usize, record: Record, end: u64) {
+        if self.blocked[shard].is_some() {
+            self.queued[shard].push_back((record, end));
+            return;
+        }
+        let mut released = self.apply(shard, record, end).await;
+        while let Some(s) = released.pop() {
+            while self.blocked[s].is_none() {
+                let Some((record, end)) = self.queued[s].pop_front() else {
+                    break;
+                };
+                released.extend(self.apply(s, record, end).await);
+            }
+        }
+    }
+
+    /// Applies a record; returns the shards a completed transaction released.
+    async fn apply(&mut self, shard: usize, record: Record, end: u64) -> Vec<usize> {
+        match record.body {
+            Body::Commands(commands) => {
+                for c in commands {
+                    self.run(c.db, c.args).await;
+                }
+                self.processed[shard] = end;
+                Vec::new()
+            }
+            Body::KeyState(state) => {
+                self.key_state(state).await;
+                self.processed[shard] = end;
+                Vec::new()
+            }
+            Body::TxPart {
+                tx,
+                shards,
+                commands,
+                ..
+            } => {
+                let pending = self.txs.entry(tx).or_insert_with(|| PendingTx {
+                    shards,
+                    parts: BTreeMap::new(),
+                });
+                pending.parts.insert(shard, (commands, end));
+                let complete = pending
+                    .shards
+                    .iter()
+                    .all(|&s| pending.parts.contains_key(&usize::from(s)));
+                if !complete {
+                    self.blocked[shard] = Some(tx);
+                    return Vec::new();
+                }
+                let Some(done) = self.txs.remove(&tx) else {
+                    return Vec::new();
+                };
+                let mut parts = Vec::with_capacity(done.parts.len());
+                let mut released = Vec::with_capacity(done.parts.len());
+                for (s, (commands, end)) in done.parts {
+                    self.processed[s] = self.processed[s].max(end);
+                    self.blocked[s] = None;
+                    released.push(s);
+                    parts.push(commands);
+                }
+                self.transaction(merge_parts(parts)).await;
+                released
+            }
+        }
+    }
+
+    /// Runs the commands of a primary transaction as one transaction here.
+    async fn transaction(&mut self, commands: Vec<LoggedCommand>) {
+        if commands.is_empty() {
+            return;
+        }
+        self.run(0, Args::from_vecs(["MULTI"])).await;
+        let mut db = None;
+        for c in commands {
+            if db != Some(c.db) {
+                let select = Args::from_vecs([b"SELECT".as_slice(), c.db.to_string().as_bytes()]);
+                self.run(0, select).await;
+                db = Some(c.db);
+            }
+            self.session.handle(c.args).await;
+        }
+        self.run(0, Args::from_vecs(["EXEC"])).await;
+    }
+}
+
+/// Whether a command acts on every key of a database (each shard's part carries it).
+fn is_whole_keyspace(args: &Args) -> bool {
+    args.is(0, "flushall") || args.is(0, "flushdb") || args.is(0, "swapdb")
+}
+
+/// The commands of a transaction's parts in one order that runs the same here: every part
+/// holds the whole-keyspace commands (FLUSHALL, SWAPDB …) at the same points, and between two
+/// of them the parts touch different keys, so their order there does not matter.
+fn merge_parts(parts: Vec<Vec<LoggedCommand>>) -> Vec<LoggedCommand> {
+    let mut split: Vec<VecDeque<Vec<LoggedCommand>>> = Vec::with_capacity(parts.len());
+    for part in parts {
+        let mut stretches = VecDeque::new();
+        let mut current = Vec::new();
+        for c in part {
+            if is_whole_keyspace(&c.args) {
+                stretches.push_back(std::mem::take(&mut current));
+                current.push(c);
+                stretches.push_back(std::mem::take(&mut current));
+            } else {
+                current.push(c);
+            }
+        }
+        stretches.push_back(current);
+        split.push(stretches);
+    }
+    let same_shape = split.windows(2).all(|w| w[0].len() == w[1].len());
+    if !same_shape {
+        // Not expected from a corekv primary: keep each part's own order.
+        return split.into_iter().flatten().flatten().collect();
+    }
+    let stretches = split.first().map_or(0, VecDeque::len);
+    let mut merged = Vec::new();
+    for i in 0..stretches {
+        let whole = i % 2 == 1;
+        for (p, part) in split.iter_mut().enumerate() {
+            let stretch = std::mem::take(&mut part[i]);
+            // A whole-keyspace command runs once, from the first part.
+            if !whole || p == 0 {
+                merged.extend(stretch);
+            }
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(words: &[&str]) -> LoggedCommand {
+        LoggedCommand {
+            db: 0,
+            args: Args::from_vecs(words),
+        }
+    }
+
+    fn names(commands: &[LoggedCommand]) -> Vec<String> {
+        commands
+            .iter()
+            .map(|c| {
+                c.args
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_merge_around_whole_keyspace_commands() {
+        // MULTI; SET b 1 (shard 1); FLUSHALL; SET a 2 (shard 0); EXEC
+        let part0 = vec![cmd(&["FLUSHALL"]), cmd(&["SET", "a", "2"])];
+        let part1 = vec![cmd(&["SET", "b", "1"]), cmd(&["FLUSHALL"])];
+        assert_eq!(
+            names(&merge_parts(vec![part0, part1])),
+            vec!["SET b 1", "FLUSHALL", "SET a 2"]
+        );
+    }
+
+    #[test]
+    fn parts_without_whole_keyspace_commands_concatenate() {
+        let part0 = vec![cmd(&["SET", "a", "1"])];
+        let part1 = vec![cmd(&["SET", "b", "1"]), cmd(&["DEL", "c"])];
+        assert_eq!(
+            names(&merge_parts(vec![part0, part1])),
+            vec!["SET a 1", "SET b 1", "DEL c"]
+        );
+    }
+}
