@@ -41,6 +41,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ACK_PERIOD: Duration = Duration::from_secs(1);
 /// Most (received, written) snapshots kept for FACK; older ones are dropped first.
 const FACK_QUEUE_MAX: usize = 4096;
+/// How often the link checks for a new role and a silent primary.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
 /// Longest handshake reply line.
 const LINE_MAX: usize = 64 * 1024;
 
@@ -59,6 +61,8 @@ enum LinkError {
     Closed,
     #[error("replication was reconfigured")]
     Superseded,
+    #[error("no data from the primary for {0} seconds")]
+    Timeout(u64),
 }
 
 /// Starts following the configured primary (a task on `home` that lives until the role
@@ -78,7 +82,11 @@ async fn follow(home: Rc<Shard>, generation: u64) {
             return;
         };
         log::info!("Connecting to PRIMARY {}:{}", primary.host, primary.port);
-        let result = link(&home, &primary, generation).await;
+        let result = futures_lite::future::or(
+            link(&home, &primary, generation),
+            watchdog(&home, generation),
+        )
+        .await;
         let was_up = state.link.up.swap(false, Ordering::AcqRel);
         state.link.sync_in_progress.store(false, Ordering::Release);
         if was_up {
@@ -94,6 +102,25 @@ async fn follow(home: Rc<Shard>, generation: u64) {
             Ok(()) => {}
         }
         glommio::timer::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Ends the link when replication is reconfigured (REPLICAOF) or the primary has been silent
+/// for `repl-timeout` (it pings an idle link every `repl-ping-replica-period`).
+async fn watchdog(home: &Shard, generation: u64) -> Result<(), LinkError> {
+    let state = &home.server.replication;
+    let started = unix_ms();
+    loop {
+        glommio::timer::sleep(WATCHDOG_PERIOD).await;
+        if state.link_generation() != generation {
+            return Err(LinkError::Superseded);
+        }
+        let last_io = state.link.last_io_ms.load(Ordering::Acquire).max(started);
+        let limit_s = home.config().repl_timeout_s;
+        let silent_ms = unix_ms() - last_io;
+        if silent_ms > i64::try_from(limit_s.saturating_mul(1000)).unwrap_or(i64::MAX) {
+            return Err(LinkError::Timeout(limit_s));
+        }
     }
 }
 
