@@ -98,6 +98,7 @@ pub async fn serve(
     input: BytesMut,
 ) {
     let server = Arc::clone(&shard.server);
+    client.replica.set(true);
     let replica = Arc::new(ConnectedReplica::new(
         client.id,
         client.addr.ip().to_string(),

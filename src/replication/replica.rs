@@ -567,7 +567,17 @@ impl Applier {
 
     /// Runs one command as the primary client.
     async fn run(&mut self, db: u32, args: Args) {
-        self.session.db = db as usize;
+        let db = db as usize;
+        if db >= self.session.shard.config().databases {
+            // The primary has more databases than this replica: as SELECT would, refuse.
+            log::warn!(
+                "Skipped a command of the primary for database {db}: this server has {} \
+                 databases",
+                self.session.shard.config().databases
+            );
+            return;
+        }
+        self.session.db = db;
         self.session.handle(args).await;
     }
 
@@ -712,7 +722,17 @@ impl Applier {
     }
 
     /// Runs the commands of a primary transaction as one transaction here.
-    async fn transaction(&mut self, commands: Vec<LoggedCommand>) {
+    async fn transaction(&mut self, mut commands: Vec<LoggedCommand>) {
+        let databases = self.session.shard.config().databases;
+        let before = commands.len();
+        commands.retain(|c| (c.db as usize) < databases);
+        if commands.len() < before {
+            log::warn!(
+                "Skipped {} command(s) of a primary transaction for databases this server does \
+                 not have ({databases})",
+                before - commands.len()
+            );
+        }
         if commands.is_empty() {
             return;
         }

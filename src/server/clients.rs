@@ -33,6 +33,8 @@ pub struct ClientInfo {
     pub total_commands: Cell<u64>,
     pub no_evict: Cell<bool>,
     pub authenticated: Cell<bool>,
+    /// The connection is a replica's replication link (flag `S`).
+    pub replica: Cell<bool>,
     killed: Cell<bool>,
     kill_waker: RefCell<Option<Waker>>,
 }
@@ -62,6 +64,7 @@ impl ClientInfo {
             total_commands: Cell::new(0),
             no_evict: Cell::new(false),
             authenticated: Cell::new(true),
+            replica: Cell::new(false),
             killed: Cell::new(false),
             kill_waker: RefCell::new(None),
         }
@@ -94,6 +97,9 @@ impl ClientInfo {
 
     fn flags(&self) -> String {
         let mut flags = String::new();
+        if self.replica.get() {
+            flags.push('S');
+        }
         if self.multi.get() >= 0 {
             flags.push('x');
         }
