@@ -69,6 +69,10 @@ pub struct Config {
     pub repl_timeout_s: u64,
     /// Seconds between the pings a primary sends its replicas.
     pub repl_ping_replica_period_s: u64,
+    /// Keep a latency histogram per command (INFO latencystats, LATENCY HISTOGRAM).
+    pub latency_tracking: bool,
+    /// The percentiles INFO latencystats prints.
+    pub latency_tracking_info_percentiles: Vec<f64>,
 }
 
 impl Default for Config {
@@ -102,6 +106,8 @@ impl Default for Config {
             repl_backlog_size: 10 * 1024 * 1024,
             repl_timeout_s: 60,
             repl_ping_replica_period_s: 10,
+            latency_tracking: true,
+            latency_tracking_info_percentiles: vec![50.0, 99.0, 99.9],
         }
     }
 }
@@ -526,7 +532,55 @@ pub static DIRECTIVES: &[Directive] = &[
             Ok(())
         },
     },
+    Directive {
+        name: "latency-tracking",
+        mutable: true,
+        multi_arg: false,
+        help: "keep a latency histogram per command (default yes)",
+        get: |c| yes_no(c.latency_tracking),
+        set: |c, v| {
+            c.latency_tracking = parse_bool(&v[0])?;
+            Ok(())
+        },
+    },
+    Directive {
+        name: "latency-tracking-info-percentiles",
+        mutable: true,
+        multi_arg: true,
+        help: "percentiles INFO latencystats prints (default 50 99 99.9)",
+        get: |c| {
+            c.latency_tracking_info_percentiles
+                .iter()
+                .map(|p| format_percentile(*p))
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+        set: |c, v| {
+            let mut percentiles = Vec::with_capacity(v.len());
+            for word in v.iter().filter(|w| !w.is_empty()) {
+                let p: f64 = word
+                    .parse()
+                    .map_err(|_| "Invalid latency-tracking-info-percentiles parameters")?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(
+                        "latency-tracking-info-percentiles parameters should sit between \
+                                [0.0,100.0]"
+                            .to_string(),
+                    );
+                }
+                percentiles.push(p);
+            }
+            c.latency_tracking_info_percentiles = percentiles;
+            Ok(())
+        },
+    },
 ];
+
+/// A percentile as Valkey prints it: `50`, `99.9`.
+pub fn format_percentile(p: f64) -> String {
+    let text = format!("{p:.6}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
 
 /// Old names Valkey still accepts for some directives.
 const ALIASES: &[(&str, &str)] = &[

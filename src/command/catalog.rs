@@ -582,6 +582,52 @@ pub static CATALOG: &[Meta] = &[
             complexity: "O(1)",
         },
     },
+    Meta {
+        name: "latency",
+        arity: -2,
+        flags: 0,
+        acl: &["slow"],
+        tips: &[],
+        key_specs: &[],
+        doc: Doc {
+            summary: "A container for latency diagnostics commands.",
+            since: "2.8.13",
+            group: "server",
+            complexity: "Depends on subcommand.",
+        },
+    },
+    Meta {
+        name: "latency|histogram",
+        arity: -2,
+        flags: ADMIN | NOSCRIPT | LOADING | STALE,
+        acl: &["admin", "slow", "dangerous"],
+        tips: &[
+            "nondeterministic_output",
+            "request_policy:all_nodes",
+            "response_policy:special",
+        ],
+        key_specs: &[],
+        doc: Doc {
+            summary: "Returns the cumulative distribution of latencies of a subset or all commands.",
+            since: "7.0.0",
+            group: "server",
+            complexity: "O(N) where N is the number of commands with latency information being retrieved.",
+        },
+    },
+    Meta {
+        name: "latency|help",
+        arity: 2,
+        flags: LOADING | STALE,
+        acl: &["slow"],
+        tips: &[],
+        key_specs: &[],
+        doc: Doc {
+            summary: "Returns helpful text about the different subcommands.",
+            since: "2.8.13",
+            group: "server",
+            complexity: "O(1)",
+        },
+    },
     // --- replication ---
     Meta {
         name: "replicaof",

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod cross_shard;
 pub mod decimal;
 pub mod keys;
+pub mod latency;
 pub mod replication;
 pub mod server;
 pub mod string;
@@ -74,6 +75,7 @@ pub fn all_handlers() -> impl Iterator<Item = (&'static str, Handler)> {
         .chain(keys::HANDLERS)
         .chain(transaction::HANDLERS)
         .chain(replication::HANDLERS)
+        .chain(latency::HANDLERS)
         .copied()
 }
 

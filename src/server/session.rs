@@ -326,8 +326,9 @@ impl Session {
             self.out.error(&message);
             stats.record_error(&message);
         }
-        let usec = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        stats.record_call(command.name(), usec, failed);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let track = self.shard.config().latency_tracking;
+        stats.record_call(command.name(), nanos, failed, track);
     }
 
     fn route(&self, command: &Command, args: &Args) -> Route {

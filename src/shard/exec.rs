@@ -181,9 +181,14 @@ pub fn run_keyed(
         if call.counted {
             // One clock read per command: its end is the next one's start.
             let end = Instant::now();
-            let usec = u64::try_from(end.duration_since(last).as_micros()).unwrap_or(u64::MAX);
+            let nanos = u64::try_from(end.duration_since(last).as_nanos()).unwrap_or(u64::MAX);
             last = end;
-            stats.record_call(call.command.name(), usec, result.is_err());
+            stats.record_call(
+                call.command.name(),
+                nanos,
+                result.is_err(),
+                config.latency_tracking,
+            );
         }
         if let Some(ends) = ends.as_deref_mut() {
             ends.push(out.len());

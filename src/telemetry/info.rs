@@ -165,7 +165,7 @@ const DEFAULT_SECTIONS: &[&str] = &[
     "shards",
 ];
 /// Sections `all` and `everything` add.
-const EXTRA_SECTIONS: &[&str] = &["commandstats"];
+const EXTRA_SECTIONS: &[&str] = &["commandstats", "latencystats"];
 const ORDER: &[&str] = &[
     "server",
     "clients",
@@ -177,6 +177,7 @@ const ORDER: &[&str] = &[
     "modules",
     "commandstats",
     "errorstats",
+    "latencystats",
     "cluster",
     "keyspace",
     "shards",
@@ -236,6 +237,7 @@ pub fn render(
             "modules" => out.push_str("# Modules\r\n"),
             "commandstats" => commandstats_section(&mut out, &total),
             "errorstats" => errorstats_section(&mut out, &total),
+            "latencystats" => latencystats_section(&mut out, &total, config),
             "cluster" => out.push_str("# Cluster\r\ncluster_enabled:0\r\n"),
             "keyspace" => keyspace_section(&mut out, shards),
             "shards" => shards_section(&mut out, shards),
@@ -640,6 +642,25 @@ fn errorstats_section(out: &mut String, total: &ShardStats) {
     codes.sort();
     for (code, count) in codes {
         let _ = write!(out, "errorstat_{code}:count={count}\r\n");
+    }
+}
+
+fn latencystats_section(out: &mut String, total: &ShardStats, config: &Config) {
+    out.push_str("# Latencystats\r\n");
+    let mut names: Vec<_> = total.latency.iter().collect();
+    names.sort_by_key(|(n, _)| **n);
+    for (name, histogram) in names {
+        let _ = write!(out, "latency_percentiles_usec_{name}:");
+        for (i, p) in config.latency_tracking_info_percentiles.iter().enumerate() {
+            let usec = histogram.value_at_quantile(p / 100.0) as f64 / 1000.0;
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(
+                out,
+                "{sep}p{}={usec:.3}",
+                crate::config::format_percentile(*p)
+            );
+        }
+        out.push_str("\r\n");
     }
 }
 

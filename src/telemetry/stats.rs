@@ -4,6 +4,19 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use hdrhistogram::Histogram;
+
+/// Latencies are tracked from 1 ns to 1 s (longer ones count as 1 s) with two significant
+/// digits, as Valkey does: about 30 KiB per command and shard.
+const LATENCY_MIN_NS: u64 = 1;
+const LATENCY_MAX_NS: u64 = 1_000_000_000;
+const LATENCY_SIGFIGS: u8 = 2;
+
+/// An empty latency histogram (`None` only if the bounds were invalid, which they are not).
+fn latency_histogram() -> Option<Histogram<u64>> {
+    Histogram::new_with_bounds(LATENCY_MIN_NS, LATENCY_MAX_NS, LATENCY_SIGFIGS).ok()
+}
+
 /// `INFO commandstats` for one command.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CommandStats {
@@ -25,6 +38,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 #[derive(Debug, Default, Clone)]
 pub struct ShardStats {
     pub commands: FastMap<&'static str, CommandStats>,
+    /// Per command, its latency distribution in nanoseconds (`latency-tracking`).
+    pub latency: FastMap<&'static str, Histogram<u64>>,
     pub errors_by_code: HashMap<String, u64>,
     pub total_commands: u64,
     pub total_error_replies: u64,
@@ -41,14 +56,30 @@ pub struct ShardStats {
 }
 
 impl ShardStats {
-    /// Counts one command that ran: its duration and whether it answered an error.
-    pub fn record_call(&mut self, name: &'static str, usec: u64, failed: bool) {
+    /// Counts one command that ran: its duration, whether it answered an error, and (with
+    /// `track_latency`) its latency in the command's histogram.
+    pub fn record_call(
+        &mut self,
+        name: &'static str,
+        nanos: u64,
+        failed: bool,
+        track_latency: bool,
+    ) {
         self.total_commands += 1;
         let entry = self.commands.entry(name).or_default();
         entry.calls += 1;
-        entry.usec += usec;
+        entry.usec += nanos / 1000;
         if failed {
             entry.failed_calls += 1;
+        }
+        if track_latency {
+            let histogram = match self.latency.get_mut(name) {
+                Some(h) => Some(h),
+                None => latency_histogram().map(|h| self.latency.entry(name).or_insert(h)),
+            };
+            if let Some(h) = histogram {
+                h.saturating_record(nanos.clamp(LATENCY_MIN_NS, LATENCY_MAX_NS));
+            }
         }
     }
 
@@ -93,6 +124,16 @@ impl ShardStats {
             e.rejected_calls += s.rejected_calls;
             e.failed_calls += s.failed_calls;
         }
+        for (name, h) in &other.latency {
+            match self.latency.get_mut(name) {
+                Some(mine) => {
+                    let _ = mine.add(h);
+                }
+                None => {
+                    self.latency.insert(name, h.clone());
+                }
+            }
+        }
         for (code, n) in &other.errors_by_code {
             *self.errors_by_code.entry(code.clone()).or_default() += n;
         }
@@ -122,12 +163,12 @@ mod tests {
     #[test]
     fn counts_and_merges() {
         let mut a = ShardStats::default();
-        a.record_call("get", 3, false);
-        a.record_call("get", 2, true);
+        a.record_call("get", 3000, false, true);
+        a.record_call("get", 2000, true, true);
         a.record_rejected("set");
         a.record_error("WRONGTYPE Operation against");
         let mut b = ShardStats::default();
-        b.record_call("get", 5, false);
+        b.record_call("get", 5000, false, true);
         b.record_error("ERR x");
         b.merge(&a);
         let get = b.commands["get"];
@@ -136,5 +177,7 @@ mod tests {
         assert_eq!(b.total_commands, 3);
         assert_eq!(b.errors_by_code["WRONGTYPE"], 1);
         assert_eq!(b.total_error_replies, 2);
+        assert_eq!(b.latency["get"].len(), 3);
+        assert!(b.latency["get"].value_at_quantile(1.0) >= 5000);
     }
 }
