@@ -242,11 +242,20 @@ fn client_info(session: &mut Session, _args: &Args) -> CommandResult {
     Ok(())
 }
 
-/// A client type as CLIENT LIST and CLIENT KILL name them; all clients here are `normal`.
-fn client_type_is_normal(name: &[u8]) -> CommandResult<bool> {
+/// A client type as CLIENT LIST and CLIENT KILL name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientType {
+    Normal,
+    Replica,
+    /// `master`/`primary`/`pubsub`: no connection here is of these types.
+    Other,
+}
+
+fn client_type(name: &[u8]) -> CommandResult<ClientType> {
     match name.to_ascii_lowercase().as_slice() {
-        b"normal" => Ok(true),
-        b"master" | b"primary" | b"replica" | b"slave" | b"pubsub" => Ok(false),
+        b"normal" => Ok(ClientType::Normal),
+        b"replica" | b"slave" => Ok(ClientType::Replica),
+        b"master" | b"primary" | b"pubsub" => Ok(ClientType::Other),
         _ => Err(CommandError::err(format!(
             "Unknown client type '{}'",
             String::from_utf8_lossy(name)
@@ -254,13 +263,21 @@ fn client_type_is_normal(name: &[u8]) -> CommandResult<bool> {
     }
 }
 
+fn type_of(client: &ClientInfo) -> ClientType {
+    if client.replica.get() {
+        ClientType::Replica
+    } else {
+        ClientType::Normal
+    }
+}
+
 fn client_list(session: &mut Session, args: Args) -> CoordFuture<'_> {
     Box::pin(async move {
         let mut ids: Option<Vec<u64>> = None;
-        let mut normal_only = true;
+        let mut wanted: Option<ClientType> = None;
         match args.len() {
             2 => {}
-            4 if args.is(2, "type") => normal_only = client_type_is_normal(args.get(3))?,
+            4 if args.is(2, "type") => wanted = Some(client_type(args.get(3))?),
             n if n >= 4 && args.is(2, "id") => {
                 let mut list = Vec::new();
                 for i in 3..n {
@@ -272,7 +289,7 @@ fn client_list(session: &mut Session, args: Args) -> CoordFuture<'_> {
             }
             _ => return Err(CommandError::Syntax),
         }
-        let lines: Vec<String> = if normal_only {
+        let lines: Vec<String> = if wanted != Some(ClientType::Other) {
             session
                 .gather(move |s| {
                     let now = Instant::now();
@@ -280,6 +297,7 @@ fn client_list(session: &mut Session, args: Args) -> CoordFuture<'_> {
                         .borrow()
                         .iter()
                         .filter(|c| ids.as_ref().is_none_or(|ids| ids.contains(&c.id)))
+                        .filter(|c| wanted.is_none_or(|t| t == type_of(c)))
                         .map(|c| (c.id, c.describe(now)))
                         .collect::<Vec<_>>()
                 })
@@ -308,7 +326,7 @@ struct KillFilter {
     id: Option<u64>,
     addr: Option<String>,
     laddr: Option<String>,
-    normal: Option<bool>,
+    kind: Option<ClientType>,
     max_age_s: Option<u64>,
     skip_me: bool,
 }
@@ -324,7 +342,7 @@ impl KillFilter {
                 .laddr
                 .as_ref()
                 .is_none_or(|a| *a == client.laddr.to_string())
-            && self.normal.is_none_or(|normal| normal)
+            && self.kind.is_none_or(|kind| kind == type_of(client))
             && self
                 .max_age_s
                 .is_none_or(|max| now.duration_since(client.created).as_secs() >= max)
@@ -349,7 +367,7 @@ impl KillFilter {
                         .ok_or_else(|| CommandError::err("client-id should be greater than 0"))?;
                     f.id = Some(id.unsigned_abs());
                 }
-                b"type" => f.normal = Some(client_type_is_normal(value)?),
+                b"type" => f.kind = Some(client_type(value)?),
                 b"addr" => f.addr = Some(text),
                 b"laddr" => f.laddr = Some(text),
                 b"user" => {

@@ -233,10 +233,16 @@ async fn full_sync(
             let (records, complete) = home
                 .call(s, |s| {
                     let complete = snapshot::walk(s);
+                    // Each message's records are numbered from 0 (the replica decodes
+                    // each message on its own).
                     let records = s
                         .sync_sink()
                         .as_ref()
-                        .map(|sink| std::mem::take(&mut sink.borrow_mut().bytes))
+                        .map(|sink| {
+                            let mut sink = sink.borrow_mut();
+                            sink.position = 0;
+                            std::mem::take(&mut sink.bytes)
+                        })
                         .unwrap_or_default();
                     if complete {
                         stop_sync_snapshot(s);

@@ -82,11 +82,11 @@ async fn follow(home: Rc<Shard>, generation: u64) {
             return;
         };
         log::info!("Connecting to PRIMARY {}:{}", primary.host, primary.port);
-        let result = futures_lite::future::or(
-            link(&home, &primary, generation),
-            watchdog(&home, generation),
-        )
-        .await;
+        let result = link(&home, &primary, generation).await;
+        if state.link_generation() != generation {
+            // A newer link owns the status now.
+            return;
+        }
         let was_up = state.link.up.swap(false, Ordering::AcqRel);
         state.link.sync_in_progress.store(false, Ordering::Release);
         if was_up {
@@ -105,40 +105,83 @@ async fn follow(home: Rc<Shard>, generation: u64) {
     }
 }
 
-/// Ends the link when replication is reconfigured (REPLICAOF) or the primary has been silent
-/// for `repl-timeout` (it pings an idle link every `repl-ping-replica-period`).
-async fn watchdog(home: &Shard, generation: u64) -> Result<(), LinkError> {
+/// Why the link must stop now, if it must: replication was reconfigured (REPLICAOF), the
+/// primary has been silent for `repl-timeout` (it pings an idle link every
+/// `repl-ping-replica-period`), or sending an acknowledgement failed.
+fn stop_reason(
+    home: &Shard,
+    generation: u64,
+    since_ms: i64,
+    acks: Option<&RefCell<Acks>>,
+) -> Option<LinkError> {
     let state = &home.server.replication;
-    let started = unix_ms();
-    loop {
-        glommio::timer::sleep(WATCHDOG_PERIOD).await;
-        if state.link_generation() != generation {
-            return Err(LinkError::Superseded);
-        }
-        let last_io = state.link.last_io_ms.load(Ordering::Acquire).max(started);
-        let limit_s = home.config().repl_timeout_s;
-        let silent_ms = unix_ms() - last_io;
-        if silent_ms > i64::try_from(limit_s.saturating_mul(1000)).unwrap_or(i64::MAX) {
-            return Err(LinkError::Timeout(limit_s));
-        }
+    if state.link_generation() != generation {
+        return Some(LinkError::Superseded);
     }
+    if let Some(failed) = acks.and_then(|a| a.borrow().failed.clone()) {
+        return Some(LinkError::Protocol(format!(
+            "sending an acknowledgement: {failed}"
+        )));
+    }
+    let last_io = state.link.last_io_ms.load(Ordering::Acquire).max(since_ms);
+    let limit_s = home.config().repl_timeout_s;
+    let silent_ms = unix_ms() - last_io;
+    (silent_ms > i64::try_from(limit_s.saturating_mul(1000)).unwrap_or(i64::MAX))
+        .then_some(LinkError::Timeout(limit_s))
 }
 
-/// The socket's reading half and what was read but not yet used.
+/// The socket's reading half and what was read but not yet used. Waiting for input is the only
+/// point where the link stops (see [`stop_reason`]): records are never left half applied.
 struct Input {
     stream: TcpStream,
     buf: BytesMut,
     scratch: Vec<u8>,
+    home: Rc<Shard>,
+    generation: u64,
+    since_ms: i64,
+    acks: Option<Rc<RefCell<Acks>>>,
 }
 
 impl Input {
     async fn fill(&mut self) -> Result<(), LinkError> {
-        let n = self.stream.read(&mut self.scratch).await?;
-        if n == 0 {
-            return Err(LinkError::Closed);
-        }
+        let (home, generation, since_ms) = (&self.home, self.generation, self.since_ms);
+        let acks = self.acks.as_deref();
+        let read = async {
+            let n = self.stream.read(&mut self.scratch).await?;
+            if n == 0 {
+                return Err(LinkError::Closed);
+            }
+            Ok(n)
+        };
+        let stop = async {
+            loop {
+                glommio::timer::sleep(WATCHDOG_PERIOD).await;
+                if let Some(why) = stop_reason(home, generation, since_ms, acks) {
+                    return Err(why);
+                }
+            }
+        };
+        let n = futures_lite::future::or(read, stop).await?;
         self.buf.extend_from_slice(&self.scratch[..n]);
+        home.server
+            .replication
+            .link
+            .last_io_ms
+            .store(unix_ms(), Ordering::Release);
         Ok(())
+    }
+
+    /// Stops if the link must stop (checked between messages).
+    fn check(&self) -> Result<(), LinkError> {
+        match stop_reason(
+            &self.home,
+            self.generation,
+            self.since_ms,
+            self.acks.as_deref(),
+        ) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
     }
 
     /// One reply line of the handshake (bare newlines, which a primary sends to keep a
@@ -199,6 +242,10 @@ async fn link(home: &Rc<Shard>, primary: &PrimaryAddr, generation: u64) -> Resul
         stream,
         buf: BytesMut::new(),
         scratch: vec![0; 64 * 1024],
+        home: Rc::clone(home),
+        generation,
+        since_ms: unix_ms(),
+        acks: None,
     };
     let state = &home.server.replication;
     handshake(home, &mut writer, &mut input).await?;
@@ -236,7 +283,7 @@ async fn link(home: &Rc<Shard>, primary: &PrimaryAddr, generation: u64) -> Resul
         state.link.sync_in_progress.store(true, Ordering::Release);
         applier = Applier::new(session, positions);
         applier.run(0, Args::from_vecs(["FLUSHALL"])).await;
-        receive_snapshot(&mut input, &mut applier, home).await?;
+        receive_snapshot(&mut input, &mut applier).await?;
         state.adopt_replid(&replid);
         state.set_cached_primary(Some((replid, applier.processed.clone())));
         state.link.sync_in_progress.store(false, Ordering::Release);
@@ -259,15 +306,24 @@ async fn link(home: &Rc<Shard>, primary: &PrimaryAddr, generation: u64) -> Resul
     } else {
         return Err(LinkError::Refused(reply));
     }
+    input.check()?;
     state.link.up.store(true, Ordering::Release);
     state.link.last_io_ms.store(unix_ms(), Ordering::Release);
     applier.publish();
     shared.borrow_mut().received = applier.processed.clone();
-    let acks = send_acks(home, &mut writer, &shared);
-    let stream = receive_stream(home, &mut input, &mut applier, &shared, generation);
-    let result = futures_lite::future::or(stream, acks).await;
-    shared.borrow_mut().closed = true;
-    state.set_cached_primary(Some((state.replids().0, applier.processed.clone())));
+    glommio::spawn_local(send_acks(Rc::clone(home), writer, Rc::clone(&shared))).detach();
+    input.acks = Some(Rc::clone(&shared));
+    let result = receive_stream(&mut input, &mut applier, &shared).await;
+    {
+        let mut acks = shared.borrow_mut();
+        acks.closed = true;
+        if let Some(w) = acks.waker.take() {
+            w.wake();
+        }
+    }
+    if state.link_generation() == generation {
+        state.set_cached_primary(Some((state.replids().0, applier.processed.clone())));
+    }
     result
 }
 
@@ -323,11 +379,7 @@ fn protocol_limits() -> ParseLimits {
 }
 
 /// Applies `SNAP` messages until `SYNCED`.
-async fn receive_snapshot(
-    input: &mut Input,
-    applier: &mut Applier,
-    home: &Shard,
-) -> Result<(), LinkError> {
+async fn receive_snapshot(input: &mut Input, applier: &mut Applier) -> Result<(), LinkError> {
     let mut parser = RequestParser::new();
     loop {
         loop {
@@ -336,6 +388,7 @@ async fn receive_snapshot(
                 Ok(Parsed::NeedMore) => break,
                 Err(e) => return Err(LinkError::Protocol(e.to_string())),
             };
+            input.check()?;
             if message.is(0, "synced") {
                 applier.settle();
                 return Ok(());
@@ -350,24 +403,16 @@ async fn receive_snapshot(
             }
         }
         applier.settle();
-        home.server
-            .replication
-            .link
-            .last_io_ms
-            .store(unix_ms(), Ordering::Release);
         input.fill().await?;
     }
 }
 
 /// Applies the live stream; answers GETACK through the acknowledgement task.
 async fn receive_stream(
-    home: &Shard,
     input: &mut Input,
     applier: &mut Applier,
     acks: &RefCell<Acks>,
-    generation: u64,
 ) -> Result<(), LinkError> {
-    let state = &home.server.replication;
     let mut parser = RequestParser::new();
     loop {
         let mut getack = false;
@@ -377,6 +422,7 @@ async fn receive_stream(
                 Ok(Parsed::NeedMore) => break,
                 Err(e) => return Err(LinkError::Protocol(e.to_string())),
             };
+            input.check()?;
             if message.is(0, "log") && message.len() == 4 {
                 let shard = std::str::from_utf8(message.get(1))
                     .ok()
@@ -414,11 +460,7 @@ async fn receive_stream(
             }
         }
         applier.publish();
-        if state.link_generation() != generation {
-            return Err(LinkError::Superseded);
-        }
         input.fill().await?;
-        state.link.last_io_ms.store(unix_ms(), Ordering::Release);
     }
 }
 
@@ -434,11 +476,21 @@ struct Acks {
     fsynced: Vec<u64>,
     getack: bool,
     closed: bool,
+    /// Sending failed: the link must end.
+    failed: Option<String>,
     waker: Option<Waker>,
 }
 
-/// Sends acknowledgements every second and at each GETACK.
-async fn send_acks(
+/// Sends acknowledgements every second and at each GETACK, until the link closes; a failed send
+/// is left for the link to see.
+async fn send_acks(home: Rc<Shard>, mut writer: TcpStream, acks: Rc<RefCell<Acks>>) {
+    if let Err(e) = ack_loop(&home, &mut writer, &acks).await {
+        let mut a = acks.borrow_mut();
+        a.failed = Some(e.to_string());
+    }
+}
+
+async fn ack_loop(
     home: &Rc<Shard>,
     writer: &mut TcpStream,
     acks: &RefCell<Acks>,
@@ -708,14 +760,18 @@ impl Applier {
                     return Vec::new();
                 };
                 let mut parts = Vec::with_capacity(done.parts.len());
-                let mut released = Vec::with_capacity(done.parts.len());
+                let mut ends = Vec::with_capacity(done.parts.len());
                 for (s, (commands, end)) in done.parts {
-                    self.processed[s] = self.processed[s].max(end);
-                    self.blocked[s] = None;
-                    released.push(s);
+                    ends.push((s, end));
                     parts.push(commands);
                 }
                 self.transaction(merge_parts(parts)).await;
+                let mut released = Vec::with_capacity(ends.len());
+                for (s, end) in ends {
+                    self.processed[s] = self.processed[s].max(end);
+                    self.blocked[s] = None;
+                    released.push(s);
+                }
                 released
             }
         }

@@ -242,6 +242,7 @@ impl ReplicationState {
                 r.drop_link();
             }
         }
+        crate::server::logging::set_replica_role(addr.is_some());
         *primary = addr;
         self.link.up.store(false, Ordering::Release);
         self.wake_waiters();

@@ -3,12 +3,21 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::config::LogLevel;
+
+/// The role letter of log lines: `S` while this server is a replica, `M` otherwise.
+static REPLICA: AtomicBool = AtomicBool::new(false);
+
+/// Marks the log lines from now on with this server's role.
+pub fn set_replica_role(replica: bool) {
+    REPLICA.store(replica, Ordering::Relaxed);
+}
 
 struct Logger {
     file: Option<Mutex<File>>,
@@ -31,8 +40,13 @@ impl Log for Logger {
             Level::Trace => '.',
         };
         let line = format!(
-            "{}:M {} {} {}\n",
+            "{}:{} {} {} {}\n",
             std::process::id(),
+            if REPLICA.load(Ordering::Relaxed) {
+                'S'
+            } else {
+                'M'
+            },
             timestamp(),
             mark,
             record.args()

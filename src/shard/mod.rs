@@ -202,9 +202,11 @@ impl Shard {
     /// Creates the replication backlog (kept from then on), continuing the shard's positions.
     pub fn start_backlog(&self, capacity: usize) -> u64 {
         let start = self.write_end();
-        let mut backlog = self.backlog.borrow_mut();
-        let backlog = backlog.get_or_insert_with(|| Backlog::new(start, capacity));
-        let end = backlog.end();
+        let end = self
+            .backlog
+            .borrow_mut()
+            .get_or_insert_with(|| Backlog::new(start, capacity))
+            .end();
         self.log_expired_if_recording();
         end
     }

@@ -104,7 +104,8 @@ impl ShardSnapshot {
             keyspace_hits: hits,
             keyspace_misses: misses,
             expired_keys: expired,
-            clients: clients.len(),
+            // Replicas are not clients in Valkey's count (`connected_slaves` has them).
+            clients: clients.iter().filter(|c| !c.replica.get()).count(),
             watching_clients: clients.iter().filter(|c| c.watched_keys.get() > 0).count(),
             watched_keys: clients.iter().map(|c| c.watched_keys.get()).sum(),
             max_query_buffer: clients

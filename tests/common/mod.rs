@@ -514,3 +514,28 @@ pub fn key_on(shard: usize, shards: usize, prefix: &str) -> String {
 pub fn aof_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("appendonlydir")
 }
+
+// ------------------------------------------------------------------------------------------
+// Arrays
+// ------------------------------------------------------------------------------------------
+
+/// The elements of an array reply, each as its own complete reply (read them with [`bulk`],
+/// [`int`] or [`elements`]).
+pub fn elements(reply: &[u8]) -> Vec<Vec<u8>> {
+    assert!(
+        reply.starts_with(b"*"),
+        "not an array reply: {}",
+        text(reply)
+    );
+    let nl = reply.iter().position(|&b| b == b'\n').expect("header line");
+    let count: i64 = text(&reply[1..nl - 1]).parse().expect("array length");
+    let mut at = nl + 1;
+    let mut out = Vec::new();
+    for _ in 0..count.max(0) {
+        let len = corekv::protocol::reply::element_len(&reply[at..])
+            .unwrap_or_else(|| panic!("array element cut short: {}", text(reply)));
+        out.push(reply[at..at + len].to_vec());
+        at += len;
+    }
+    out
+}
