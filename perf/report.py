@@ -170,6 +170,13 @@ def main():
     if quiet and loaded:
         targets.append(["GET p99 at a fixed rate with `always` writers / without", "≤ 1.2",
                         f"{loaded / quiet:.2f}", "yes" if loaded / quiet <= 1.2 else "no"])
+    for sc in ["get", "get-p16"]:
+        on, off = get("corekv", "off", sc), get("corekv", "off", sc + "-notrack")
+        if on and off:
+            cost = ratio(cpu_us_per_request(on), cpu_us_per_request(off))
+            targets.append([f"latency tracking's cost: CPU per request on / off, {sc}",
+                            "no measurable cost", f"{cost:.2f}",
+                            "yes" if cost is not None and cost <= 1.05 else "no"])
     lines += ["#### Targets", "", table(["target", "wanted", "measured", "met"], targets), "",
               "Memory per key and replay time are measured by `perf/core-compare.sh` and "
               "`perf/durability-compare.sh` (run by `perf/run` without `--quick`).", ""]
