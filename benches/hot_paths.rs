@@ -23,7 +23,11 @@ fn pipeline() -> Vec<u8> {
     for i in 0..16 {
         let key = format!("key:{i:012}");
         out.extend_from_slice(
-            format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$3\r\nxxx\r\n", key.len()).as_bytes(),
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$3\r\nxxx\r\n",
+                key.len()
+            )
+            .as_bytes(),
         );
     }
     out
@@ -70,10 +74,18 @@ fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("routing");
     group.throughput(Throughput::Elements(keys.len() as u64));
     group.bench_function("slot of 1024 keys", |b| {
-        b.iter(|| keys.iter().map(|k| key_slot(k.as_bytes()) as usize).sum::<usize>())
+        b.iter(|| {
+            keys.iter()
+                .map(|k| key_slot(k.as_bytes()) as usize)
+                .sum::<usize>()
+        })
     });
     group.bench_function("shard of 1024 keys (16 shards)", |b| {
-        b.iter(|| keys.iter().map(|k| map.shard_of_key(k.as_bytes())).sum::<usize>())
+        b.iter(|| {
+            keys.iter()
+                .map(|k| map.shard_of_key(k.as_bytes()))
+                .sum::<usize>()
+        })
     });
     group.finish();
 }
@@ -112,7 +124,12 @@ fn records(c: &mut Criterion) {
             if out.len() > (1 << 19) {
                 out.clear();
             }
-            black_box(record::encode_commands(&mut out, 4096, 7, [(0, &args)].into_iter()))
+            black_box(record::encode_commands(
+                &mut out,
+                4096,
+                7,
+                [(0, &args)].into_iter(),
+            ))
         })
     });
     let mut one = Vec::new();
