@@ -148,7 +148,9 @@ impl Backlog {
         encode: impl FnOnce(&mut Vec<u8>, u64) -> usize,
     ) -> u64 {
         let position = position.max(self.end);
-        if position != self.end || self.tail.len() >= CHUNK_BYTES {
+        // Chunks are also the unit of trimming: a small backlog keeps small chunks.
+        let chunk_limit = CHUNK_BYTES.min(self.capacity / 4).max(1);
+        if position != self.end || self.tail.len() >= chunk_limit {
             self.seal();
             self.tail_start = position;
         }
@@ -156,9 +158,7 @@ impl Backlog {
         self.end = position + len as u64;
         self.held += len;
         self.trim();
-        for w in self.readers.drain(..) {
-            w.wake();
-        }
+        self.wake_readers();
         self.end
     }
 
@@ -209,6 +209,13 @@ impl Backlog {
             };
         }
         Read::UpToDate
+    }
+
+    /// Wakes every reader waiting for a record (a link closed: its reader must see it).
+    pub fn wake_readers(&mut self) {
+        for w in self.readers.drain(..) {
+            w.wake();
+        }
     }
 
     /// Wakes `waker` at the next record.

@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -330,11 +331,24 @@ struct Outbox {
 type SharedOutbox = Rc<RefCell<Outbox>>;
 
 /// Closes the outbox when the writer ends: the shard readers stop.
-struct CloseOutbox(SharedOutbox);
+struct CloseOutbox {
+    outbox: SharedOutbox,
+    /// Seen by the readers' waits on the shards, which every shard is asked to wake.
+    closed: Arc<AtomicBool>,
+    home: Rc<Shard>,
+}
 
 impl Drop for CloseOutbox {
     fn drop(&mut self) {
-        let mut outbox = self.0.borrow_mut();
+        self.closed.store(true, Ordering::Release);
+        for s in 0..self.home.count() {
+            self.home.post(s, |s| {
+                if let Some(backlog) = s.backlog().as_mut() {
+                    backlog.wake_readers();
+                }
+            });
+        }
+        let mut outbox = self.outbox.borrow_mut();
         outbox.closed = true;
         for w in outbox.readers.drain(..) {
             w.wake();
@@ -350,9 +364,21 @@ async fn live(
     from: Vec<u64>,
 ) -> Result<(), LinkError> {
     let outbox: SharedOutbox = Rc::default();
-    let _close = CloseOutbox(Rc::clone(&outbox));
+    let closed = Arc::new(AtomicBool::new(false));
+    let _close = CloseOutbox {
+        outbox: Rc::clone(&outbox),
+        closed: Arc::clone(&closed),
+        home: Rc::clone(home),
+    };
     for (s, &position) in from.iter().enumerate() {
-        glommio::spawn_local(read_shard(Rc::clone(home), s, position, Rc::clone(&outbox))).detach();
+        let reader = read_shard(
+            Rc::clone(home),
+            s,
+            position,
+            Rc::clone(&outbox),
+            Arc::clone(&closed),
+        );
+        glommio::spawn_local(reader).detach();
     }
     let mut pending = Vec::new();
     // Per shard: the position after the last record sent.
@@ -410,7 +436,13 @@ async fn live(
 }
 
 /// Moves shard `s`'s records from `from` on into the outbox, pausing while it is full.
-async fn read_shard(home: Rc<Shard>, s: usize, mut from: u64, outbox: SharedOutbox) {
+async fn read_shard(
+    home: Rc<Shard>,
+    s: usize,
+    mut from: u64,
+    outbox: SharedOutbox,
+    closed: Arc<AtomicBool>,
+) {
     let index = s.to_string();
     loop {
         let open = std::future::poll_fn(|cx| {
@@ -428,7 +460,10 @@ async fn read_shard(home: Rc<Shard>, s: usize, mut from: u64, outbox: SharedOutb
         if !open {
             return;
         }
-        let read: Result<Read, _> = home.call_outcome(s, move |s| read_or_wait(s, from)).await;
+        let link_closed = Arc::clone(&closed);
+        let read: Result<Read, _> = home
+            .call_outcome(s, move |s| read_or_wait(s, from, link_closed))
+            .await;
         let mut o = outbox.borrow_mut();
         if o.closed {
             return;
@@ -464,8 +499,11 @@ async fn read_shard(home: Rc<Shard>, s: usize, mut from: u64, outbox: SharedOutb
 }
 
 /// On the shard: its records from `from` on, waiting for the next one if there are none.
-fn read_or_wait(shard: &Rc<Shard>, from: u64) -> Outcome {
+fn read_or_wait(shard: &Rc<Shard>, from: u64, closed: Arc<AtomicBool>) -> Outcome {
     let read = move |shard: &Shard, waker: Option<&Waker>| -> Option<Read> {
+        if closed.load(Ordering::Acquire) {
+            return Some(Read::UpToDate);
+        }
         let mut backlog = shard.backlog();
         let Some(backlog) = backlog.as_mut() else {
             return Some(Read::Lost);

@@ -6,14 +6,15 @@
 //! have different shard counts) and lands in this server's own AOF. A cross-shard transaction
 //! of the primary arrives as one part per primary shard; a shard's stream stops at its part
 //! until every part has arrived, and the parts then run together as one transaction, so the
-//! replica never shows half of it.
+//! replica never shows half of it. (Two transactions on different keys can commit in opposite
+//! orders on two shards; a part then runs ahead of records on other keys: `Applier::untangle`.)
 //!
 //! Acknowledgements (`REPLCONF ACK <received> FACK <durable>`, one position per primary shard)
 //! go out every second and at every `REPLCONF GETACK`: first what was applied, then, once this
 //! server's AOF made it durable (the GETACK asks its shards to sync now), the durable part.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -26,6 +27,7 @@ use glommio::net::TcpStream;
 
 use super::primary::{format_positions, parse_positions, put_message};
 use super::state::PrimaryAddr;
+use crate::command::table::Registry;
 use crate::protocol::{Args, ParseLimits, Parsed, RequestParser};
 use crate::server::clients::ClientInfo;
 use crate::server::session::Session;
@@ -43,6 +45,8 @@ const ACK_PERIOD: Duration = Duration::from_secs(1);
 const FACK_QUEUE_MAX: usize = 4096;
 /// How often the link checks for a new role and a silent primary.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
+/// The start of the error a write gets while this server's AOF is failing.
+const MISCONF: &[u8] = b"-MISCONF";
 /// Longest handshake reply line.
 const LINE_MAX: usize = 64 * 1024;
 
@@ -281,6 +285,8 @@ async fn link(home: &Rc<Shard>, primary: &PrimaryAddr, generation: u64) -> Resul
             .ok_or_else(|| LinkError::Protocol(format!("bad FULLRESYNC reply: {reply}")))?;
         log::info!("Full resync from primary: {replid}:{positions:?}");
         state.link.sync_in_progress.store(true, Ordering::Release);
+        // Until the snapshot is in, this server holds no history of the primary to continue.
+        state.set_cached_primary(None);
         applier = Applier::new(session, positions);
         applier.run(0, Args::from_vecs(["FLUSHALL"])).await;
         receive_snapshot(&mut input, &mut applier).await?;
@@ -322,7 +328,10 @@ async fn link(home: &Rc<Shard>, primary: &PrimaryAddr, generation: u64) -> Resul
         }
     }
     if state.link_generation() == generation {
-        state.set_cached_primary(Some((state.replids().0, applier.processed.clone())));
+        let cached = applier
+            .resumable()
+            .then(|| (state.replids().0, applier.processed.clone()));
+        state.set_cached_primary(cached);
     }
     result
 }
@@ -390,7 +399,7 @@ async fn receive_snapshot(input: &mut Input, applier: &mut Applier) -> Result<()
             };
             input.check()?;
             if message.is(0, "synced") {
-                applier.settle();
+                applier.settle()?;
                 return Ok(());
             }
             if message.is(0, "snap") && message.len() == 3 {
@@ -402,7 +411,7 @@ async fn receive_snapshot(input: &mut Input, applier: &mut Applier) -> Result<()
                 )));
             }
         }
-        applier.settle();
+        applier.settle()?;
         input.fill().await?;
     }
 }
@@ -443,7 +452,7 @@ async fn receive_stream(
                 )));
             }
         }
-        applier.settle();
+        applier.settle()?;
         {
             let mut acks = acks.borrow_mut();
             acks.received = applier.processed.clone();
@@ -603,6 +612,13 @@ struct Applier {
     /// Per primary shard: records that arrived while it was blocked.
     queued: Vec<VecDeque<(Record, u64)>>,
     txs: HashMap<TxTag, PendingTx>,
+    /// Something the primary sent was not applied: only a full sync makes this server equal
+    /// to the primary again.
+    diverged: bool,
+    /// Per primary shard: the end of the last part applied ahead of its turn (a resync from
+    /// `processed` would apply it again, so a link lost before `processed` passes it must be
+    /// followed by a full sync).
+    ahead: Vec<u64>,
 }
 
 impl Applier {
@@ -614,7 +630,14 @@ impl Applier {
             blocked: vec![None; shards],
             queued: (0..shards).map(|_| VecDeque::new()).collect(),
             txs: HashMap::new(),
+            diverged: false,
+            ahead: vec![0; shards],
         }
+    }
+
+    /// Whether a partial resync from `processed` would give exactly the primary's data.
+    fn resumable(&self) -> bool {
+        !self.diverged && self.ahead.iter().zip(&self.processed).all(|(a, p)| a <= p)
     }
 
     /// Runs one command as the primary client.
@@ -635,8 +658,23 @@ impl Applier {
 
     /// Finishes what was applied so far (this server's write positions are then known) and
     /// drops the replies.
-    fn settle(&mut self) {
+    /// Fails when this server's AOF refused a write of the primary (`-MISCONF`): what was
+    /// refused is unknown, so the link ends and the next one syncs in full.
+    fn settle(&mut self) -> Result<(), LinkError> {
+        let refused = self
+            .session
+            .out
+            .as_bytes()
+            .windows(MISCONF.len())
+            .any(|w| w == MISCONF);
         self.session.discard_replies();
+        if refused {
+            self.diverged = true;
+            return Err(LinkError::Refused(
+                "this server's AOF refused a write of the primary (MISCONF)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Publishes the applied positions for INFO.
@@ -692,6 +730,8 @@ impl Applier {
         let mut position = start;
         while at < bytes.len() {
             let record::Read::Record(record, len) = record::decode(bytes, at, position) else {
+                // What was applied so far counts (its positions were recorded).
+                self.session.flush_group().await;
                 return Err(LinkError::Protocol(format!(
                     "bad record of shard {shard} at {position}"
                 )));
@@ -699,6 +739,9 @@ impl Applier {
             at += len;
             position += len as u64;
             self.record(shard, record, position).await;
+        }
+        if self.blocked.iter().any(Option::is_some) {
+            self.untangle().await;
         }
         self.session.flush_group().await;
         Ok(())
@@ -709,9 +752,14 @@ impl Applier {
     async fn record(&mut self, shard: usize, record: Record, end: u64) {
         if self.blocked[shard].is_some() {
             self.queued[shard].push_back((record, end));
-            return;
+        } else {
+            let released = self.apply(shard, record, end).await;
+            self.drain(released).await;
         }
-        let mut released = self.apply(shard, record, end).await;
+    }
+
+    /// Applies what the shards in `released` have queued, until each is blocked again.
+    async fn drain(&mut self, mut released: Vec<usize>) {
         while let Some(s) = released.pop() {
             while self.blocked[s].is_none() {
                 let Some((record, end)) = self.queued[s].pop_front() else {
@@ -720,6 +768,105 @@ impl Applier {
                 released.extend(self.apply(s, record, end).await);
             }
         }
+    }
+
+    /// Two transactions of the primary on different keys may commit in one order on one shard
+    /// and in the other order on another: each of those shards' streams then waits at a part
+    /// whose partner is queued behind the other transaction's part. A queued part may run ahead
+    /// of what is queued before it on its shard when none of that touches its keys (commands on
+    /// different keys commute); once a transaction is whole that way, it runs.
+    async fn untangle(&mut self) {
+        while let Some((tx, jumps)) = self.find_runnable() {
+            let mut parts: BTreeMap<usize, (Vec<LoggedCommand>, u64)> =
+                self.txs.remove(&tx).map(|p| p.parts).unwrap_or_default();
+            let heads: Vec<usize> = parts.keys().copied().collect();
+            for (s, i) in jumps {
+                let Some((record, end)) = self.queued[s].remove(i) else {
+                    continue;
+                };
+                if let Body::TxPart { commands, .. } = record.body {
+                    parts.insert(s, (commands, end));
+                    self.ahead[s] = self.ahead[s].max(end);
+                }
+            }
+            let ends: Vec<(usize, u64)> = parts.iter().map(|(s, (_, end))| (*s, *end)).collect();
+            self.transaction(merge_parts(parts.into_values().map(|(c, _)| c).collect()))
+                .await;
+            for (s, end) in ends {
+                if heads.contains(&s) {
+                    self.processed[s] = self.processed[s].max(end);
+                    self.blocked[s] = None;
+                }
+            }
+            self.drain(heads).await;
+        }
+    }
+
+    /// A transaction a stream waits at whose missing parts are all queued on their shards and
+    /// may run ahead of what is queued before them (see [`Applier::untangle`]), with where
+    /// those parts are. Only the transactions at the heads are candidates: a cycle of waiting
+    /// streams always has one of them.
+    fn find_runnable(&self) -> Option<(TxTag, Vec<(usize, usize)>)> {
+        let waiting: HashSet<TxTag> = self.blocked.iter().flatten().copied().collect();
+        for tx in waiting {
+            let Some(pending) = self.txs.get(&tx) else {
+                continue;
+            };
+            let mut jumps = Vec::new();
+            let whole = pending.shards.iter().all(|&t| {
+                let t = usize::from(t);
+                if pending.parts.contains_key(&t) {
+                    return true;
+                }
+                let Some(queue) = self.queued.get(t) else {
+                    return false;
+                };
+                let Some(i) = queue.iter().position(
+                    |(r, _)| matches!(&r.body, Body::TxPart { tx: other, .. } if *other == tx),
+                ) else {
+                    return false;
+                };
+                if !self.may_run_ahead(t, i) {
+                    return false;
+                }
+                jumps.push((t, i));
+                true
+            });
+            if whole && !jumps.is_empty() {
+                return Some((tx, jumps));
+            }
+        }
+        None
+    }
+
+    /// Whether record `i` of shard `shard`'s queue touches none of the keys of what comes
+    /// before it there (the blocked part at the head, and the records queued before it).
+    fn may_run_ahead(&self, shard: usize, i: usize) -> bool {
+        let Some(mine) = self.queued[shard]
+            .get(i)
+            .and_then(|(r, _)| keys_of_record(r))
+        else {
+            return false;
+        };
+        let mine: HashSet<(u32, &[u8])> = mine.iter().map(|(db, k)| (*db, k.as_slice())).collect();
+        let disjoint = |keys: Option<Vec<(u32, Vec<u8>)>>| {
+            keys.is_some_and(|keys| {
+                !keys
+                    .iter()
+                    .any(|(db, k)| mine.contains(&(*db, k.as_slice())))
+            })
+        };
+        let head = self.blocked[shard]
+            .and_then(|h| self.txs.get(&h))
+            .and_then(|p| p.parts.get(&shard))
+            .map(|(commands, _)| keys_of(commands));
+        if head.is_some_and(|keys| !disjoint(keys)) {
+            return false;
+        }
+        self.queued[shard]
+            .iter()
+            .take(i)
+            .all(|(r, _)| disjoint(keys_of_record(r)))
     }
 
     /// Applies a record; returns the shards a completed transaction released.
@@ -803,6 +950,33 @@ impl Applier {
             self.session.handle(c.args).await;
         }
         self.run(0, Args::from_vecs(["EXEC"])).await;
+    }
+}
+
+/// The (db, key) pairs commands touch; `None` when one of them has no keys or acts on whole
+/// databases (it must keep its place relative to everything).
+fn keys_of(commands: &[LoggedCommand]) -> Option<Vec<(u32, Vec<u8>)>> {
+    let registry = Registry::get();
+    let mut keys = Vec::new();
+    for c in commands {
+        let command = registry.lookup(c.args.get(0))?;
+        let positions = command.key_positions(&c.args);
+        if positions.is_empty() || is_whole_keyspace(&c.args) {
+            return None;
+        }
+        keys.extend(
+            positions
+                .into_iter()
+                .map(|p| (c.db, c.args.get(p).to_vec())),
+        );
+    }
+    Some(keys)
+}
+
+fn keys_of_record(record: &Record) -> Option<Vec<(u32, Vec<u8>)>> {
+    match &record.body {
+        Body::Commands(commands) | Body::TxPart { commands, .. } => keys_of(commands),
+        Body::KeyState(state) => Some(vec![(state.db, state.key.to_vec())]),
     }
 }
 

@@ -340,6 +340,11 @@ impl Aof {
         (self.appended(len), commands)
     }
 
+    /// Hands over what transactions buffered (the log is being turned off).
+    pub fn take_tx_parts(&mut self) -> HashMap<TxTag, Vec<LoggedCommand>> {
+        std::mem::take(&mut self.tx_parts)
+    }
+
     /// Drops what transaction `tx` buffered (it is not committing).
     pub fn forget_tx(&mut self, tx: TxTag) {
         self.tx_parts.remove(&tx);

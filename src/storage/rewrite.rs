@@ -369,9 +369,6 @@ async fn rewrite(
         server.rewrite.set_files(Some(files.clone()));
     }
 
-    if purpose == Purpose::TurnOn {
-        open_first_segments(home, &dir, epoch).await?;
-    }
     check_cancelled(home)?;
     let cut = cut_all(home, purpose, epoch, &which, &dir).await?;
     let cuts: Vec<u64> = cut.iter().map(|&(position, _)| position).collect();
@@ -578,6 +575,14 @@ async fn cut_all(
         .await
         .map_err(|_| RewriteError::Mesh)?;
     tx.log_nothing();
+    if purpose == Purpose::TurnOn {
+        // Opened under the locks: no write moves a shard's log floor (the replication backlog
+        // numbers writes while the log is off) between the segment's start and the cut.
+        if let Err(e) = open_first_segments(home, dir, epoch).await {
+            tx.commit().await.map_err(|_| RewriteError::Mesh)?;
+            return Err(e);
+        }
+    }
     let generation = home.server.generation();
     let calls: Vec<_> = (0..home.count())
         .map(|shard| {
@@ -768,8 +773,18 @@ async fn close_logs(home: &Rc<Shard>) {
                     };
                     futures_lite::future::or(flushed, glommio::timer::sleep(STOP_FLUSH_LIMIT))
                         .await;
-                    if let Some(mut aof) = s.aof().take() {
+                    let closed = s.aof().take();
+                    if let Some(mut aof) = closed {
                         s.set_log_floor(aof.end());
+                        // Transactions in flight go on recording in the backlog (their parts
+                        // commit there): a replica must never get half of one.
+                        if let Some(backlog) = s.backlog().as_mut() {
+                            for (tx, commands) in aof.take_tx_parts() {
+                                for c in commands {
+                                    backlog.buffer_tx(tx, c.db, c.args);
+                                }
+                            }
+                        }
                         aof.close();
                     }
                     s.set_aof(None);
