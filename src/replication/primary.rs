@@ -13,7 +13,7 @@
 //! - `REPLCONF GETACK *` and `PING`, as Valkey sends them.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,9 +28,8 @@ use super::backlog::Read;
 use super::state::ConnectedReplica;
 use crate::protocol::{Args, ParseLimits, Parsed, RequestParser};
 use crate::server::clients::ClientInfo;
-use crate::shard::locks::{LockSet, Mode};
 use crate::shard::mesh::{Outcome, Payload};
-use crate::shard::tx::{ShardPlan, Transaction};
+use crate::shard::tx::Transaction;
 use crate::shard::Shard;
 use crate::storage::snapshot::{self, BaseSink, DbSnapshot};
 
@@ -274,17 +273,9 @@ async fn full_sync(
 
 /// Locks every shard, starts each one's backlog and snapshot, unlocks. Returns the cuts.
 async fn cut(home: &Rc<Shard>) -> Result<Vec<u64>, LinkError> {
-    let plan: BTreeMap<usize, ShardPlan> = (0..home.count())
-        .map(|shard| {
-            let mut locks = LockSet::default();
-            locks.add_whole_shard(Mode::Exclusive);
-            (shard, ShardPlan { locks, watch: None })
-        })
-        .collect();
-    let (mut tx, _) = Transaction::begin(home, plan)
+    let tx = Transaction::lock_every_shard(home)
         .await
         .map_err(|_| LinkError::Mesh)?;
-    tx.log_nothing();
     let capacity = crate::shard::backlog_share(&home.config(), home.count());
     let calls: Vec<_> = (0..home.count())
         .map(|s| {
@@ -301,19 +292,7 @@ async fn cut(home: &Rc<Shard>) -> Result<Vec<u64>, LinkError> {
             })
         })
         .collect();
-    let mut cuts = Vec::with_capacity(calls.len());
-    let mut failed = false;
-    for call in calls {
-        match call.await {
-            Ok(position) => cuts.push(position),
-            Err(_) => failed = true,
-        }
-    }
-    tx.commit().await.map_err(|_| LinkError::Mesh)?;
-    if failed {
-        return Err(LinkError::Mesh);
-    }
-    Ok(cuts)
+    tx.finish_calls(calls).await.map_err(|_| LinkError::Mesh)
 }
 
 /// Messages for one replica, filled by one reader per shard and drained by the writer.

@@ -123,6 +123,23 @@ impl Session {
     pub fn new(shard: Rc<Shard>, client: Rc<ClientInfo>, writer: TcpStream) -> Self {
         let authenticated = shard.config().requirepass.is_empty();
         client.authenticated.set(authenticated);
+        Self::build(shard, client, Some(writer), authenticated)
+    }
+
+    /// The session that applies the stream from this server's primary: no socket, no replies.
+    pub fn for_primary_link(shard: Rc<Shard>, client: Rc<ClientInfo>) -> Self {
+        client.authenticated.set(true);
+        let mut session = Self::build(shard, client, None, true);
+        session.from_primary = true;
+        session
+    }
+
+    fn build(
+        shard: Rc<Shard>,
+        client: Rc<ClientInfo>,
+        writer: Option<TcpStream>,
+        authenticated: bool,
+    ) -> Self {
         let group = Group {
             per_shard: (0..shard.count()).map(|_| Vec::new()).collect(),
             order: Vec::new(),
@@ -131,43 +148,13 @@ impl Session {
             shard,
             client,
             out: ReplyBuf::default(),
-            writer: Some(writer),
+            writer,
             from_primary: false,
             replica_listening_port: 0,
             replica_capa_corekv: false,
             handoff: None,
             db: 0,
             authenticated,
-            multi: None,
-            watched: Vec::new(),
-            close_after_reply: false,
-            in_exec: false,
-            tx_tag: None,
-            woff: vec![0; shard_count(&group)],
-            gate: 0,
-            gated: Vec::new(),
-            group,
-        }
-    }
-
-    /// The session that applies the stream from this server's primary: no socket, no replies.
-    pub fn for_primary_link(shard: Rc<Shard>, client: Rc<ClientInfo>) -> Self {
-        let group = Group {
-            per_shard: (0..shard.count()).map(|_| Vec::new()).collect(),
-            order: Vec::new(),
-        };
-        client.authenticated.set(true);
-        Session {
-            shard,
-            client,
-            out: ReplyBuf::default(),
-            writer: None,
-            from_primary: true,
-            replica_listening_port: 0,
-            replica_capa_corekv: false,
-            handoff: None,
-            db: 0,
-            authenticated: true,
             multi: None,
             watched: Vec::new(),
             close_after_reply: false,

@@ -75,6 +75,42 @@ impl Transaction {
         Ok((tx, watch_broken))
     }
 
+    /// Locks every shard whole (a cut: no transaction is half done while it holds), logging
+    /// nothing.
+    pub async fn lock_every_shard(home: &Rc<Shard>) -> Result<Transaction, MeshError> {
+        let plan = (0..home.count())
+            .map(|shard| {
+                let mut locks = LockSet::default();
+                locks.add_whole_shard(super::locks::Mode::Exclusive);
+                (shard, ShardPlan { locks, watch: None })
+            })
+            .collect();
+        let (mut tx, _) = Transaction::begin(home, plan).await?;
+        tx.log_nothing();
+        Ok(tx)
+    }
+
+    /// Awaits `calls` (made under this transaction's locks), then releases the locks; fails
+    /// if any call did not answer.
+    pub async fn finish_calls<R: 'static>(
+        self,
+        calls: Vec<super::mesh::Call<R>>,
+    ) -> Result<Vec<R>, MeshError> {
+        let mut results = Vec::with_capacity(calls.len());
+        let mut failed = None;
+        for call in calls {
+            match call.await {
+                Ok(r) => results.push(r),
+                Err(e) => failed = Some(e),
+            }
+        }
+        self.commit().await?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
+    }
+
     /// The transaction's identity in the log.
     pub fn tag(&self) -> TxTag {
         self.tag

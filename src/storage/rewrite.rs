@@ -32,8 +32,7 @@ use super::aof::Aof;
 use super::manifest::{self, Base, Manifest, Segment};
 use super::segment::{self, SegmentWriter};
 use super::snapshot::{self, BaseError, BaseSink, DbSnapshot};
-use crate::shard::locks::{LockSet, Mode};
-use crate::shard::tx::{ShardPlan, Transaction};
+use crate::shard::tx::Transaction;
 use crate::shard::Shard;
 
 /// How long turning the log off waits for what was appended to become durable.
@@ -564,17 +563,9 @@ async fn cut_all(
     which: &Shards,
     dir: &Path,
 ) -> Result<Vec<(u64, bool)>, RewriteError> {
-    let plan = (0..home.count())
-        .map(|shard| {
-            let mut locks = LockSet::default();
-            locks.add_whole_shard(Mode::Exclusive);
-            (shard, ShardPlan { locks, watch: None })
-        })
-        .collect();
-    let (mut tx, _) = Transaction::begin(home, plan)
+    let tx = Transaction::lock_every_shard(home)
         .await
         .map_err(|_| RewriteError::Mesh)?;
-    tx.log_nothing();
     if purpose == Purpose::TurnOn {
         // Opened under the locks: no write moves a shard's log floor (the replication backlog
         // numbers writes while the log is off) between the segment's start and the cut.
@@ -604,19 +595,7 @@ async fn cut_all(
             })
         })
         .collect();
-    let mut cuts = Vec::with_capacity(calls.len());
-    let mut failed = false;
-    for call in calls {
-        match call.await {
-            Ok(cut) => cuts.push(cut),
-            Err(_) => failed = true,
-        }
-    }
-    tx.commit().await.map_err(|_| RewriteError::Mesh)?;
-    if failed {
-        return Err(RewriteError::Mesh);
-    }
-    Ok(cuts)
+    tx.finish_calls(calls).await.map_err(|_| RewriteError::Mesh)
 }
 
 /// One shard's cut (under the lock of every shard): the new epoch; for a shard being
