@@ -7,7 +7,7 @@
 //! the log would. Positions are therefore the shard's replication offsets, and a connection's
 //! last write position serves WAIT, WAITAOF and the AOF alike.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -45,9 +45,6 @@ pub struct Backlog {
     /// Bytes in `sealed` and `tail`.
     held: usize,
     capacity: usize,
-    /// Transactions' commands until they commit (only while the AOF, which keeps them
-    /// otherwise, is off).
-    tx_parts: HashMap<TxTag, Vec<LoggedCommand>>,
     readers: Vec<Waker>,
 }
 
@@ -62,7 +59,6 @@ impl Backlog {
             end: start,
             held: 0,
             capacity,
-            tx_parts: HashMap::new(),
             readers: Vec::new(),
         }
     }
@@ -110,20 +106,11 @@ impl Backlog {
         })
     }
 
-    /// Keeps a command of transaction `tx` until it commits (AOF off).
-    pub fn buffer_tx(&mut self, tx: TxTag, db: u32, args: Args) {
-        self.tx_parts
-            .entry(tx)
-            .or_default()
-            .push(LoggedCommand { db, args });
-    }
-
-    /// Appends transaction `tx`'s part naming every shard that wrote (AOF off); returns its
-    /// end position and the commands it holds.
-    pub fn commit_tx(&mut self, tx: TxTag, shards: &[u16]) -> (u64, Vec<LoggedCommand>) {
-        let commands = self.tx_parts.remove(&tx).unwrap_or_default();
+    /// Encodes transaction `tx`'s part naming every shard that wrote (AOF off); returns its
+    /// end position.
+    pub fn append_tx_part(&mut self, tx: TxTag, shards: &[u16], commands: &[LoggedCommand]) -> u64 {
         let at = self.end;
-        let end = self.append_with(at, |buf, position| {
+        self.append_with(at, |buf, position| {
             record::encode_tx_part(
                 buf,
                 position,
@@ -133,13 +120,7 @@ impl Backlog {
                 shards,
                 commands.iter().map(|c| (c.db, &c.args)),
             )
-        });
-        (end, commands)
-    }
-
-    /// Drops what transaction `tx` buffered.
-    pub fn forget_tx(&mut self, tx: TxTag) {
-        self.tx_parts.remove(&tx);
+        })
     }
 
     fn append_with(

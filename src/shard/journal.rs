@@ -3,6 +3,7 @@
 //! positions, so one position per shard stands for a write in the log and in the stream.
 
 use std::cell::{Cell, RefMut};
+use std::collections::HashMap;
 
 use crate::protocol::Args;
 use crate::replication::backlog::Backlog;
@@ -14,6 +15,8 @@ use crate::storage::record::{LoggedCommand, TxTag};
 pub struct Journal<'a> {
     pub aof: RefMut<'a, Option<Aof>>,
     pub backlog: RefMut<'a, Option<Backlog>>,
+    /// Commands of transactions not committed yet, whichever recorder is on.
+    pub(super) tx_parts: RefMut<'a, HashMap<TxTag, Vec<LoggedCommand>>>,
     /// Where a log turned on later starts: after every position the backlog used.
     pub(super) floor: &'a Cell<u64>,
 }
@@ -47,43 +50,42 @@ impl Journal<'_> {
         }
     }
 
-    /// Keeps a command of transaction `tx` until it commits.
+    /// Keeps a command of transaction `tx` until it commits (whichever recorders are on then
+    /// record it).
     pub fn buffer_tx(&mut self, tx: TxTag, db: u32, args: Args) {
-        if let Some(aof) = self.aof.as_mut() {
-            aof.buffer_tx(tx, db, args);
-        } else if let Some(backlog) = self.backlog.as_mut() {
-            backlog.buffer_tx(tx, db, args);
+        if self.is_on() {
+            self.tx_parts
+                .entry(tx)
+                .or_default()
+                .push(LoggedCommand { db, args });
         }
     }
 
     /// Records transaction `tx`'s part on this shard; returns its end position and commands.
     pub fn commit_tx(&mut self, tx: TxTag, shards: &[u16]) -> (u64, Vec<LoggedCommand>) {
-        match (self.aof.as_mut(), self.backlog.as_mut()) {
+        let commands = self.tx_parts.remove(&tx).unwrap_or_default();
+        let end = match (self.aof.as_mut(), self.backlog.as_mut()) {
             (Some(aof), backlog) => {
                 let start = aof.end();
-                let (end, commands) = aof.commit_tx(tx, shards);
+                let end = aof.append_tx_part(tx, shards, &commands);
                 if let Some(backlog) = backlog {
                     backlog.push(start, aof.recent(end - start));
                 }
-                (end, commands)
+                end
             }
             (None, Some(backlog)) => {
-                let committed = backlog.commit_tx(tx, shards);
-                self.floor.set(self.floor.get().max(committed.0));
-                committed
+                let end = backlog.append_tx_part(tx, shards, &commands);
+                self.floor.set(self.floor.get().max(end));
+                end
             }
-            (None, None) => (0, Vec::new()),
-        }
+            (None, None) => 0,
+        };
+        (end, commands)
     }
 
     /// Drops what transaction `tx` buffered (it is not committing here).
     pub fn forget_tx(&mut self, tx: TxTag) {
-        if let Some(aof) = self.aof.as_mut() {
-            aof.forget_tx(tx);
-        }
-        if let Some(backlog) = self.backlog.as_mut() {
-            backlog.forget_tx(tx);
-        }
+        self.tx_parts.remove(&tx);
     }
 
     /// Records the deletions of keys that expired, at once and outside any transaction:

@@ -24,6 +24,7 @@ use crate::replication::backlog::Backlog;
 use crate::server::clients::ClientRegistry;
 use crate::server::state::{unix_ms, ServerState};
 use crate::storage::aof::{Aof, AofFailure};
+use crate::storage::record::{LoggedCommand, TxTag};
 use crate::storage::rewrite::ShardRewrite;
 use crate::storage::snapshot::BaseSink;
 use crate::storage::FsyncMode;
@@ -57,6 +58,8 @@ pub struct Shard {
     aof: RefCell<Option<Aof>>,
     /// The replication backlog, once a replica has synced.
     backlog: RefCell<Option<Backlog>>,
+    /// Commands of transactions not committed yet (see [`journal::Journal`]).
+    tx_parts: RefCell<std::collections::HashMap<TxTag, Vec<LoggedCommand>>>,
     /// This shard's part of a rewrite in progress.
     rewrite_job: RefCell<Option<ShardRewrite>>,
     /// The records of a replica's full sync snapshot, while it is taken.
@@ -86,6 +89,7 @@ impl Shard {
             next_tx: Cell::new(1),
             aof: RefCell::new(None),
             backlog: RefCell::new(None),
+            tx_parts: RefCell::default(),
             rewrite_job: RefCell::new(None),
             sync_sink: RefCell::new(None),
             log_floor: Cell::new(0),
@@ -190,6 +194,7 @@ impl Shard {
         journal::Journal {
             aof: self.aof.borrow_mut(),
             backlog: self.backlog.borrow_mut(),
+            tx_parts: self.tx_parts.borrow_mut(),
             floor: &self.log_floor,
         }
     }

@@ -101,7 +101,6 @@ pub struct Aof {
     next_batch: u32,
     /// Everything before this position is on stable storage.
     durable: u64,
-    tx_parts: HashMap<TxTag, Vec<LoggedCommand>>,
     /// Keys written since their record became durable: key hash → record end.
     dirty: HashMap<u64, u64>,
     /// Waiters by the position they need; weak, so a waiter that goes away leaves nothing.
@@ -152,7 +151,6 @@ impl Aof {
             end,
             next_batch: last_batch.wrapping_add(1),
             durable: end,
-            tx_parts: HashMap::new(),
             dirty: HashMap::new(),
             waiters: BTreeMap::new(),
             urgent: false,
@@ -316,18 +314,9 @@ impl Aof {
         self.appended(len)
     }
 
-    /// Keeps a command of transaction `tx` until the transaction commits.
-    pub fn buffer_tx(&mut self, tx: TxTag, db: u32, args: Args) {
-        self.tx_parts
-            .entry(tx)
-            .or_default()
-            .push(LoggedCommand { db, args });
-    }
-
     /// Appends transaction `tx`'s part on this shard (possibly empty) naming every shard that
-    /// wrote; returns its end position and the commands it holds.
-    pub fn commit_tx(&mut self, tx: TxTag, shards: &[u16]) -> (u64, Vec<LoggedCommand>) {
-        let commands = self.tx_parts.remove(&tx).unwrap_or_default();
+    /// wrote; returns its end position.
+    pub fn append_tx_part(&mut self, tx: TxTag, shards: &[u16], commands: &[LoggedCommand]) -> u64 {
         let len = record::encode_tx_part(
             &mut self.pending,
             self.end,
@@ -337,17 +326,7 @@ impl Aof {
             shards,
             commands.iter().map(|c| (c.db, &c.args)),
         );
-        (self.appended(len), commands)
-    }
-
-    /// Hands over what transactions buffered (the log is being turned off).
-    pub fn take_tx_parts(&mut self) -> HashMap<TxTag, Vec<LoggedCommand>> {
-        std::mem::take(&mut self.tx_parts)
-    }
-
-    /// Drops what transaction `tx` buffered (it is not committing).
-    pub fn forget_tx(&mut self, tx: TxTag) {
-        self.tx_parts.remove(&tx);
+        self.appended(len)
     }
 
     /// Records that `key` was written by the record ending at `end` (for `always` reads).

@@ -755,15 +755,6 @@ async fn close_logs(home: &Rc<Shard>) {
                     let closed = s.aof().take();
                     if let Some(mut aof) = closed {
                         s.set_log_floor(aof.end());
-                        // Transactions in flight go on recording in the backlog (their parts
-                        // commit there): a replica must never get half of one.
-                        if let Some(backlog) = s.backlog().as_mut() {
-                            for (tx, commands) in aof.take_tx_parts() {
-                                for c in commands {
-                                    backlog.buffer_tx(tx, c.db, c.args);
-                                }
-                            }
-                        }
                         aof.close();
                     }
                     s.set_aof(None);
