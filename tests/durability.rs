@@ -536,6 +536,40 @@ fn always_concurrent_clients_killed_mid_flight_keep_every_acknowledged_write() {
 // ------------------------------------------------------------------------------------------
 
 #[test]
+fn info_shows_each_shards_group_commit_batch_sizes() {
+    const WRITERS: usize = 40;
+    let server = start(1, &["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut control = server.raw();
+    // Every write arrives while the commit loop is held, so one fdatasync carries them all.
+    ok(&mut control, &["DEBUG", "FAULT", "0", "stall"]);
+    let mut writers: Vec<Raw> = (0..WRITERS).map(|_| server.raw()).collect();
+    for (i, w) in writers.iter_mut().enumerate() {
+        w.send(&resp(&[b"SET", format!("k{i}").as_bytes(), b"v"]));
+    }
+    assert!(
+        eventually(WITHIN, || {
+            field(&info(&mut control, "commandstats"), "cmdstat_set")
+                .is_some_and(|s| s.starts_with(&format!("calls={WRITERS},")))
+        }),
+        "the writes did not all arrive"
+    );
+    ok(&mut control, &["DEBUG", "FAULT", "0", "resume"]);
+    for w in &mut writers {
+        assert_eq!(text(&w.reply()), "+OK\r\n");
+    }
+    let log = logs(&mut control).remove(0);
+    assert_eq!(log.batch.2, WRITERS as u64, "{log:?}");
+    assert!(log.fsyncs >= 1 && log.batch.0 <= log.batch.1 && log.batch.1 <= log.batch.2);
+
+    ok(&mut control, &["CONFIG", "RESETSTAT"]);
+    let log = logs(&mut control).remove(0);
+    assert_eq!((log.fsyncs, log.batch), (0, (0, 0, 0)), "{log:?}");
+    ok(&mut control, &["SET", "one", "1"]);
+    let log = logs(&mut control).remove(0);
+    assert_eq!((log.fsyncs, log.batch), (1, (1, 1, 1)), "{log:?}");
+}
+
+#[test]
 fn waitaof_acknowledged_writes_survive_kill_9_in_everysec_and_no() {
     for mode in ["everysec", "no"] {
         let shards = 2;

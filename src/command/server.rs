@@ -165,6 +165,9 @@ fn config_resetstat(session: &mut Session, _args: Args) -> CoordFuture<'_> {
         session
             .gather(|s| {
                 s.stats.borrow_mut().reset();
+                if let Some(aof) = s.aof().as_mut() {
+                    aof.stats.reset();
+                }
                 for db in s.dbs().iter_mut() {
                     db.stats = Default::default();
                 }

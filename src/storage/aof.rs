@@ -78,6 +78,21 @@ pub struct AofStats {
     pub batch_records: Option<hdrhistogram::Histogram<u64>>,
 }
 
+impl AofStats {
+    fn new() -> AofStats {
+        AofStats {
+            fsync_latency_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
+            batch_records: hdrhistogram::Histogram::new_with_bounds(1, 10_000_000, 2).ok(),
+            ..AofStats::default()
+        }
+    }
+
+    /// `CONFIG RESETSTAT`: counters and histograms start again from zero.
+    pub fn reset(&mut self) {
+        *self = AofStats::new();
+    }
+}
+
 /// Hash used for the dirty-key set (keys are not stored, only hashes: a collision only makes a
 /// read wait for an fsync it did not need).
 fn key_hash(db: usize, key: &[u8]) -> u64 {
@@ -157,11 +172,7 @@ impl Aof {
             kick: None,
             kicked: false,
             failure: None,
-            stats: AofStats {
-                fsync_latency_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
-                batch_records: hdrhistogram::Histogram::new_with_bounds(1, 10_000_000, 2).ok(),
-                ..AofStats::default()
-            },
+            stats: AofStats::new(),
             chain_start: end,
             base_bytes: 0,
             rewrite_base_bytes: 0,

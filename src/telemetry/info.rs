@@ -50,17 +50,19 @@ pub struct AofSnapshot {
     pub failure: Option<String>,
     /// fdatasync latency percentiles (p50, p99, p99.9) in microseconds.
     pub fsync_us: (u64, u64, u64),
+    /// Records made durable per fdatasync that carried any: p50, p99, max.
+    pub batch: (u64, u64, u64),
 }
 
 impl AofSnapshot {
     fn take(aof: &Aof) -> AofSnapshot {
-        let percentile = |q: f64| {
-            aof.stats
-                .fsync_latency_us
-                .as_ref()
+        let percentile = |h: &Option<hdrhistogram::Histogram<u64>>, q: f64| {
+            h.as_ref()
                 .filter(|h| !h.is_empty())
                 .map_or(0, |h| h.value_at_quantile(q))
         };
+        let fsync = &aof.stats.fsync_latency_us;
+        let batch = &aof.stats.batch_records;
         AofSnapshot {
             durable: aof.durable(),
             end: aof.end(),
@@ -71,7 +73,16 @@ impl AofSnapshot {
             records_synced: aof.stats.records_synced,
             write_errors: aof.stats.write_errors,
             failure: aof.failure().map(|f| f.message.clone()),
-            fsync_us: (percentile(0.5), percentile(0.99), percentile(0.999)),
+            fsync_us: (
+                percentile(fsync, 0.5),
+                percentile(fsync, 0.99),
+                percentile(fsync, 0.999),
+            ),
+            batch: (
+                percentile(batch, 0.5),
+                percentile(batch, 0.99),
+                percentile(batch, 1.0),
+            ),
         }
     }
 }
@@ -476,11 +487,15 @@ fn persistence_section(
         let _ = write!(
             out,
             "aof_shard{}:durable_offset={},end_offset={},fsyncs={},writes_per_fsync={per_fsync:.2},\
+             writes_per_fsync_p50={},writes_per_fsync_p99={},writes_per_fsync_max={},\
              fsync_p50_us={},fsync_p99_us={},fsync_p999_us={},write_errors={},last_write_status={}\r\n",
             s.index,
             a.durable,
             a.end,
             a.fsyncs,
+            a.batch.0,
+            a.batch.1,
+            a.batch.2,
             a.fsync_us.0,
             a.fsync_us.1,
             a.fsync_us.2,

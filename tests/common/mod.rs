@@ -432,6 +432,9 @@ pub struct ShardLog {
     pub durable: u64,
     pub end: u64,
     pub write_errors: u64,
+    pub fsyncs: u64,
+    /// Writes per fdatasync: p50, p99, max.
+    pub batch: (u64, u64, u64),
 }
 
 /// An `INFO` section as text.
@@ -479,6 +482,10 @@ pub fn shard_logs(info: &str) -> Vec<ShardLog> {
                 "durable_offset" => log.durable = v.parse().expect("durable_offset"),
                 "end_offset" => log.end = v.parse().expect("end_offset"),
                 "write_errors" => log.write_errors = v.parse().expect("write_errors"),
+                "fsyncs" => log.fsyncs = v.parse().expect("fsyncs"),
+                "writes_per_fsync_p50" => log.batch.0 = v.parse().expect("batch p50"),
+                "writes_per_fsync_p99" => log.batch.1 = v.parse().expect("batch p99"),
+                "writes_per_fsync_max" => log.batch.2 = v.parse().expect("batch max"),
                 _ => {}
             }
         }
