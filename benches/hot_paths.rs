@@ -2,14 +2,24 @@
 //! protects. Run with `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
 
+use corekv::config::Config;
 use corekv::protocol::{Args, ParseLimits, Parsed, Protocol, ReplyBuf, RequestParser};
+use corekv::server::state::ServerState;
 use corekv::shard::db::Db;
+use corekv::shard::mesh::{self, Batch, CHANNEL_BATCHES_MAX};
 use corekv::shard::routing::{key_slot, SlotMap};
 use corekv::shard::value::Value;
+use corekv::shard::Shard;
 use corekv::storage::record;
 
 const LIMITS: ParseLimits = ParseLimits {
@@ -141,5 +151,112 @@ fn records(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parser, routing, keyspace, records);
+/// Two shards, each on its own glommio executor thread, joined by the server's mesh. Shard 0
+/// runs the measured loops on request from the Criterion thread; shard 1 only answers.
+struct TwoShards {
+    /// (calls, calls in flight at once) to make from shard 0 to shard 1; the time they took
+    /// comes back on `done`.
+    run: mpsc::Sender<(u64, usize)>,
+    done: mpsc::Receiver<Duration>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl TwoShards {
+    fn start() -> TwoShards {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let server = Arc::new(ServerState::new(Config::default(), vec![0, 1], String::new()));
+        let mesh = MeshBuilder::<Batch, _>::full(2, CHANNEL_BATCHES_MAX);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (run, runs) = mpsc::channel::<(u64, usize)>();
+        let (done_tx, done) = mpsc::channel();
+        let mut runs = Some(runs);
+        let mut threads = Vec::new();
+        for cpu in 0..2 {
+            let (server, mesh, stop) = (server.clone(), mesh.clone(), stop.clone());
+            let runs = runs.take().filter(|_| cpu == 0);
+            let done = done_tx.clone();
+            let placement = if cpus >= 2 {
+                Placement::Fixed(cpu)
+            } else {
+                Placement::Unbound
+            };
+            let handle = LocalExecutorBuilder::new(placement)
+                .io_memory(1 << 20)
+                .spawn(move || async move {
+                    let (senders, receivers) = mesh.join().await.expect("mesh join");
+                    let shard = Rc::new(Shard::new(senders.peer_id(), cpu, server));
+                    mesh::start(&shard, senders, receivers);
+                    match runs {
+                        Some(runs) => {
+                            while let Ok((calls, in_flight)) = runs.recv() {
+                                let _ = done.send(measure(&shard, calls, in_flight).await);
+                            }
+                        }
+                        None => {
+                            while !stop.load(Ordering::Relaxed) {
+                                glommio::timer::sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                    }
+                    stop.store(true, Ordering::Relaxed);
+                })
+                .expect("shard executor");
+            threads.push(handle);
+        }
+        TwoShards {
+            run,
+            done,
+            stop,
+            threads,
+        }
+    }
+
+    fn time(&self, calls: u64, in_flight: usize) -> Duration {
+        self.run.send((calls, in_flight)).expect("shard 0 is running");
+        self.done.recv().expect("shard 0 answers")
+    }
+
+    fn stop(self) {
+        drop(self.run);
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `calls` calls from `shard` to the other shard, `in_flight` at a time; the time they took.
+async fn measure(shard: &Rc<Shard>, calls: u64, in_flight: usize) -> Duration {
+    let started = Instant::now();
+    let mut left = calls;
+    while left > 0 {
+        let now = left.min(in_flight as u64);
+        let batch: Vec<_> = (0..now)
+            .map(|i| shard.call(1, move |s| s.index() as u64 + i))
+            .collect();
+        for call in batch {
+            black_box(call.await.expect("shard 1 answers"));
+        }
+        left -= now;
+    }
+    started.elapsed()
+}
+
+fn cross_shard(c: &mut Criterion) {
+    let shards = TwoShards::start();
+    let mut group = c.benchmark_group("cross-shard call");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("round trip, one at a time", |b| {
+        b.iter_custom(|iters| shards.time(iters, 1))
+    });
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("64 calls in flight", |b| {
+        b.iter_custom(|iters| shards.time(iters * 64, 64))
+    });
+    group.finish();
+    shards.stop();
+}
+
+criterion_group!(benches, parser, routing, keyspace, records, cross_shard);
 criterion_main!(benches);
