@@ -570,6 +570,40 @@ fn info_shows_each_shards_group_commit_batch_sizes() {
 }
 
 #[test]
+fn written_log_bytes_do_not_pile_up_in_memory_in_no_and_everysec() {
+    // 48 MiB of overwrites of one key: the keyspace stays small, so memory may only grow by
+    // what the log keeps of written bytes not synced yet, which is bounded.
+    const WRITES: usize = 768;
+    let value = vec![b'v'; 64 * 1024];
+    for mode in ["no", "everysec"] {
+        let server = start(1, &["--appendonly", "yes", "--appendfsync", mode]);
+        let mut raw = server.raw();
+        let used = |raw: &mut Raw| field_u64(&info(raw, "memory"), "used_memory");
+        let before = used(&mut raw);
+        // In small pipelines, so the connection's own buffers stay small.
+        let pipeline: Vec<u8> = (0..16)
+            .flat_map(|_| resp(&[b"SET", b"k", &value]))
+            .collect();
+        for _ in 0..WRITES / 16 {
+            raw.send(&pipeline);
+            for _ in 0..16 {
+                assert_eq!(text(&raw.reply()), "+OK\r\n");
+            }
+        }
+        let grown = used(&mut raw).saturating_sub(before);
+        assert!(
+            grown < 24 << 20,
+            "{mode}: used_memory grew by {grown} bytes after 48 MiB of overwrites of one key"
+        );
+        let log = logs(&mut raw).remove(0);
+        assert!(
+            log.fsyncs >= 1,
+            "{mode}: no sync bounded the unsynced bytes: {log:?}"
+        );
+    }
+}
+
+#[test]
 fn waitaof_acknowledged_writes_survive_kill_9_in_everysec_and_no() {
     for mode in ["everysec", "no"] {
         let shards = 2;

@@ -23,6 +23,11 @@ const EVERYSEC_INTERVAL: Duration = Duration::from_secs(1);
 /// `no`: appended records are written (without a sync) at least this often, so they do not pile
 /// up in memory.
 const NO_FSYNC_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// Written bytes kept for a rewrite after a failed sync are bounded: past this many, a sync is
+/// due in every mode (in `no`, nothing else would ever release them).
+const UNSYNCED_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Capacity the buffer of unsynced bytes keeps after a sync; a burst's larger buffer is freed.
+const UNSYNCED_KEEP_BYTES: usize = 1024 * 1024;
 /// First and longest pause between retries after a failed write or sync.
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(10);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
@@ -154,7 +159,8 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
                 }
                 FsyncMode::No => urgent,
             }
-            || !state.unsynced.is_empty() && roll_at.is_some();
+            || !state.unsynced.is_empty() && roll_at.is_some()
+            || state.unsynced.len() >= UNSYNCED_MAX_BYTES;
         if !due {
             continue;
         }
@@ -175,6 +181,7 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
                     a.synced(writer.end(), records, started.elapsed());
                 });
                 state.unsynced.clear();
+                state.unsynced.shrink_to(UNSYNCED_KEEP_BYTES);
                 state.last_sync = Instant::now();
                 state.retry_delay = None;
                 synced_at = writer.checkpoint();
