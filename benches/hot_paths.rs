@@ -165,7 +165,11 @@ struct TwoShards {
 impl TwoShards {
     fn start() -> TwoShards {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let server = Arc::new(ServerState::new(Config::default(), vec![0, 1], String::new()));
+        let server = Arc::new(ServerState::new(
+            Config::default(),
+            vec![0, 1],
+            String::new(),
+        ));
         let mesh = MeshBuilder::<Batch, _>::full(2, CHANNEL_BATCHES_MAX);
         let stop = Arc::new(AtomicBool::new(false));
         let (run, runs) = mpsc::channel::<(u64, usize)>();
@@ -213,7 +217,9 @@ impl TwoShards {
     }
 
     fn time(&self, calls: u64, in_flight: usize) -> Duration {
-        self.run.send((calls, in_flight)).expect("shard 0 is running");
+        self.run
+            .send((calls, in_flight))
+            .expect("shard 0 is running");
         self.done.recv().expect("shard 0 answers")
     }
 

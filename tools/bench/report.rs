@@ -32,6 +32,23 @@ impl Latency {
     }
 }
 
+/// Points of the latency percentile curve: (percentile in %, latency in µs) at four steps
+/// per decade of 1 - q, from the median to 99.999 %, and the maximum at 100 %.
+pub fn percentile_curve(stats: &Stats) -> Vec<(f64, u64)> {
+    let h = &stats.latency;
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut points: Vec<(f64, u64)> = (0..=17)
+        .map(|step| {
+            let q = 1.0 - 0.5 * 10f64.powf(-f64::from(step) / 4.0);
+            (q * 100.0, h.value_at_quantile(q))
+        })
+        .collect();
+    points.push((100.0, h.max()));
+    points
+}
+
 /// A finished run.
 pub struct Summary<'a> {
     pub options: &'a Options,
@@ -140,6 +157,12 @@ impl Summary<'_> {
             l.max,
             number(l.mean)
         );
+        s.push_str("\"percentile_curve\":[");
+        for (i, (q, us)) in percentile_curve(self.stats).iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(s, "{sep}[{},{us}]", number(*q));
+        }
+        s.push_str("],");
         let _ = write!(
             s,
             "\"errors\":{},\"errors_by_prefix\":{{",
@@ -232,6 +255,8 @@ mod tests {
             "\"error_samples\":{\"ERR\":\"ERR \\\"quoted\\\"\"}",
             "\"missed_acks\":0}",
             "\"rate\":null,",
+            "\"percentile_curve\":[[50,250],",
+            "[100,250]],",
         ] {
             assert!(json.contains(field), "{field} missing in {json}");
         }

@@ -1,0 +1,217 @@
+//! The targets the project set itself, each checked against this run's measurements. Every
+//! target has a row: one the run did not measure says so and counts as not met.
+
+use crate::results::Results;
+
+/// One target and what this run measured for it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub what: String,
+    pub wanted: String,
+    /// The measured ratio with what it was made of; `None` when the run did not measure it.
+    pub measured: Option<String>,
+    pub met: bool,
+}
+
+impl Target {
+    fn new(
+        what: impl Into<String>,
+        wanted: &str,
+        measured: Option<(f64, String)>,
+        ok: impl Fn(f64) -> bool,
+    ) -> Target {
+        Target {
+            what: what.into(),
+            wanted: wanted.to_string(),
+            met: measured.as_ref().is_some_and(|(r, _)| ok(*r)),
+            measured: measured.map(|(r, how)| format!("{r:.2} ({how})")),
+        }
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// Every target, in the order the project lists them.
+pub fn check(r: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+
+    let cpu = |sc: &str| ratio(r.cpu("corekv", "off", sc), r.cpu("valkey", "off", sc));
+    let worst = match (cpu("set"), cpu("get")) {
+        (Some(s), Some(g)) => Some((
+            s.max(g),
+            format!("SET {s:.2}, GET {g:.2}; the worse counts"),
+        )),
+        _ => None,
+    };
+    out.push(Target::new(
+        "server CPU per request, SET and GET unpipelined, AOF off",
+        "≤ 0.5× Valkey",
+        worst,
+        |x| x <= 0.5,
+    ));
+
+    let (a, e) = (
+        r.throughput("corekv", "always", "set"),
+        r.throughput("corekv", "everysec", "set"),
+    );
+    out.push(Target::new(
+        "SET throughput, `always` / `everysec`",
+        "≥ 0.95",
+        ratio(a, e).map(|x| {
+            (
+                x,
+                format!("{:.0} / {:.0} req/s", a.unwrap_or(0.0), e.unwrap_or(0.0)),
+            )
+        }),
+        |x| x >= 0.95,
+    ));
+
+    for mode in ["always", "everysec", "no"] {
+        let p50 = r.latency("corekv", mode, "set-waitaof").map(|l| l.p50);
+        let bare = r.fdatasync.map(|(p50, _)| p50);
+        out.push(Target::new(
+            format!("SET + WAITAOF 1 0 0 p50 / bare fdatasync p50, `{mode}`"),
+            "≤ 1.5",
+            ratio(p50, bare).map(|x| {
+                (
+                    x,
+                    format!(
+                        "{:.0} / {:.0} µs, the unit includes its SET",
+                        p50.unwrap_or(0.0),
+                        bare.unwrap_or(0.0)
+                    ),
+                )
+            }),
+            |x| x <= 1.5,
+        ));
+    }
+
+    let quiet = r.latency("corekv", "always", "get-rate").map(|l| l.p99);
+    let loaded = r
+        .latency("corekv", "always", "get-rate-writers")
+        .map(|l| l.p99);
+    out.push(Target::new(
+        "GET p99 at a fixed rate, with `always` writers / without",
+        "≤ 1.2",
+        ratio(loaded, quiet).map(|x| {
+            (
+                x,
+                format!(
+                    "{:.0} / {:.0} µs",
+                    loaded.unwrap_or(0.0),
+                    quiet.unwrap_or(0.0)
+                ),
+            )
+        }),
+        |x| x <= 1.2,
+    ));
+
+    let (ck, vk) = (r.memory.get("corekv"), r.memory.get("valkey"));
+    for (what, get) in [
+        (
+            "used_memory",
+            (|m: &crate::results::Memory| m.used_memory_per_key) as fn(&_) -> f64,
+        ),
+        ("RSS", |m| m.rss_per_key),
+    ] {
+        let measured = match (ck, vk) {
+            (Some(c), Some(v)) if get(v) > 0.0 => Some((
+                get(c) / get(v),
+                format!(
+                    "{:.0} / {:.0} bytes per key, {} keys",
+                    get(c),
+                    get(v),
+                    c.keys
+                ),
+            )),
+            _ => None,
+        };
+        out.push(Target::new(
+            format!("memory per key ({what}), corekv / Valkey"),
+            "≤ 1",
+            measured,
+            |x| x <= 1.0,
+        ));
+    }
+
+    let (ck, vk) = (r.replay.get("corekv"), r.replay.get("valkey"));
+    let measured = match (ck, vk) {
+        (Some(&(keys, c)), Some(&(_, v))) if v > 0.0 => Some((
+            c / v,
+            format!("{c:.0} / {v:.0} ms to the first PONG, {keys} keys in the log"),
+        )),
+        _ => None,
+    };
+    out.push(Target::new(
+        "AOF replay time, corekv / Valkey",
+        "≤ 0.5",
+        measured,
+        |x| x <= 0.5,
+    ));
+
+    for sc in ["get", "get-p16"] {
+        let on = r.cpu("corekv", "off", sc);
+        let off = r.cpu("corekv", "off", &format!("{sc}-notrack"));
+        out.push(Target::new(
+            format!("latency tracking's cost: CPU per request on / off, {sc}"),
+            "no measurable cost (≤ 1.05)",
+            ratio(on, off).map(|x| {
+                (
+                    x,
+                    format!("{:.2} / {:.2} µs", on.unwrap_or(0.0), off.unwrap_or(0.0)),
+                )
+            }),
+            |x| x <= 1.05,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_has_a_row_even_with_nothing_measured() {
+        let targets = check(&Results::default());
+        assert_eq!(targets.len(), 11);
+        assert!(targets.iter().all(|t| t.measured.is_none() && !t.met));
+    }
+
+    #[test]
+    fn ratios_decide_met() {
+        let mut r = Results::default();
+        r.memory.insert(
+            "corekv".into(),
+            crate::results::Memory {
+                keys: 10,
+                used_memory_per_key: 50.0,
+                rss_per_key: 90.0,
+            },
+        );
+        r.memory.insert(
+            "valkey".into(),
+            crate::results::Memory {
+                keys: 10,
+                used_memory_per_key: 100.0,
+                rss_per_key: 60.0,
+            },
+        );
+        r.replay.insert("corekv".into(), (10, 30.0));
+        r.replay.insert("valkey".into(), (10, 100.0));
+        let targets = check(&r);
+        let row = |what: &str| targets.iter().find(|t| t.what.contains(what)).expect(what);
+        assert!(row("used_memory").met);
+        assert_eq!(
+            row("used_memory").measured.as_deref(),
+            Some("0.50 (50 / 100 bytes per key, 10 keys)")
+        );
+        assert!(!row("RSS").met);
+        assert!(row("replay").met);
+    }
+}
