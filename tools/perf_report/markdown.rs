@@ -231,6 +231,61 @@ pub fn render(r: &Results, targets: &[Target], h: &Heading<'_>) -> String {
         );
     }
 
+    if !r.suite.is_empty() {
+        out.push_str(
+            "#### valkey-benchmark's default suite (AOF off, 50 connections)\n\n\
+             An independent client's view. valkey-benchmark stops at the first error reply, so \
+             a test whose command corekv does not have has no corekv numbers.\n\n",
+        );
+        let mut rows = Vec::new();
+        let valkey = r.suite.iter().filter(|s| s.system == "valkey");
+        for (vk, v) in valkey.filter_map(|s| s.measured.as_ref().map(|m| (s, m))) {
+            let ck = r
+                .suite
+                .iter()
+                .filter(|s| s.system == "corekv" && s.group == vk.group)
+                .find(|s| s.measured.as_ref().is_none_or(|m| m.test == v.test));
+            let dash = || "–".to_string();
+            let (rps, vs, latency, note) = match ck.map(|s| (s, s.measured.as_ref())) {
+                Some((_, Some(c))) => (
+                    number(Some(c.rps), 0),
+                    number(ratio(Some(c.rps), Some(v.rps)), 2),
+                    format!("{:.3} / {:.3}", c.p50_ms, c.p99_ms),
+                    String::new(),
+                ),
+                Some((s, None)) => (
+                    dash(),
+                    dash(),
+                    dash(),
+                    format!("not in corekv ({} error replies)", s.errors),
+                ),
+                None => (dash(), dash(), dash(), "not run".to_string()),
+            };
+            rows.push(vec![
+                v.test.clone(),
+                number(Some(v.rps), 0),
+                rps,
+                vs,
+                format!("{:.3} / {:.3}", v.p50_ms, v.p99_ms),
+                latency,
+                note,
+            ]);
+        }
+        table(
+            &mut out,
+            &[
+                "test",
+                "Valkey req/s",
+                "corekv req/s",
+                "ratio",
+                "Valkey p50 / p99 ms",
+                "corekv p50 / p99 ms",
+                "",
+            ],
+            &rows,
+        );
+    }
+
     if !h.plots.is_empty() {
         let names: Vec<String> = h.plots.iter().map(|p| format!("`{p}`")).collect();
         let _ = writeln!(out, "Plots: {}.", names.join(", "));

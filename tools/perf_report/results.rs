@@ -55,6 +55,28 @@ pub struct Memory {
     pub rss_per_key: f64,
 }
 
+/// One row of valkey-benchmark's default suite against one server.
+#[derive(Debug, Clone)]
+pub struct SuiteRow {
+    pub system: String,
+    /// The `-t` name the row came from (`lrange` gives several rows).
+    pub group: String,
+    /// What was measured; `None` when the server answered an error (valkey-benchmark stops).
+    pub measured: Option<SuiteResult>,
+    /// Error replies the server counted while the group ran.
+    pub errors: u64,
+}
+
+/// One measured row of the suite.
+#[derive(Debug, Clone)]
+pub struct SuiteResult {
+    /// valkey-benchmark's name for it (`SET`, `LRANGE_100 (first 100 elements)`, …).
+    pub test: String,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
 /// Everything one harness run measured.
 #[derive(Debug, Default)]
 pub struct Results {
@@ -65,6 +87,8 @@ pub struct Results {
     pub memory: BTreeMap<String, Memory>,
     /// By system: (keys in the log, milliseconds from start to the first PONG).
     pub replay: BTreeMap<String, (u64, f64)>,
+    /// valkey-benchmark's default suite, in the order it ran.
+    pub suite: Vec<SuiteRow>,
     /// Every line as written.
     pub raw: Vec<Value>,
 }
@@ -104,6 +128,23 @@ impl Results {
                     rss_per_key: line.number("rss_per_key")?,
                 };
                 self.memory.insert(system, memory);
+            }
+            "valkey-benchmark" => {
+                let measured = match line.value.get("test") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(SuiteResult {
+                        test: line.text("test")?,
+                        rps: line.number("rps")?,
+                        p50_ms: line.number("p50_ms")?,
+                        p99_ms: line.number("p99_ms")?,
+                    }),
+                };
+                self.suite.push(SuiteRow {
+                    system,
+                    group: line.text("group")?,
+                    measured,
+                    errors: line.number("errors")? as u64,
+                });
             }
             "replay" => {
                 let replay = (line.number("keys")? as u64, line.number("ready_ms")?);
@@ -246,6 +287,8 @@ mod tests {
             r#"{"system":"disk","scenario":"fdatasync","p50_us":250,"p99_us":300}"#,
             r#"{"system":"valkey","scenario":"memory","keys":10,"used_memory_per_key":60.5,"rss_per_key":70}"#,
             r#"{"system":"corekv","scenario":"replay","keys":10,"ready_ms":12}"#,
+            r#"{"system":"corekv","scenario":"valkey-benchmark","group":"lpush","test":null,"errors":20}"#,
+            r#"{"system":"valkey","scenario":"valkey-benchmark","group":"get","test":"GET","rps":9.5,"p50_ms":0.2,"p99_ms":0.4,"errors":0}"#,
             "",
         ])
         .expect("valid results");
@@ -257,6 +300,9 @@ mod tests {
         assert_eq!(r.memory["valkey"].used_memory_per_key, 60.5);
         assert_eq!(r.replay["corekv"], (10, 12.0));
         assert!(r.run("valkey", "always", "set").is_none());
+        assert!(r.suite[0].measured.is_none() && r.suite[0].errors == 20);
+        let get = r.suite[1].measured.as_ref().expect("a measured row");
+        assert_eq!((get.test.as_str(), get.rps), ("GET", 9.5));
     }
 
     #[test]
