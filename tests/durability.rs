@@ -1360,6 +1360,32 @@ fn disk_errors_in_everysec_fail_waitaof_and_refuse_writes_until_retry_succeeds()
     expect(&mut raw, &["GET", &k1], b"$1\r\n1\r\n");
 }
 
+#[test]
+fn a_write_error_in_no_mode_is_got_over_without_any_waitaof() {
+    // In `no` nothing asks for a sync; the shard must still get over the failure by itself.
+    let args = ["--appendonly", "yes", "--appendfsync", "no"];
+    let server = start(1, &args);
+    let mut raw = server.raw();
+    ok(&mut raw, &["SET", "a", "1"]);
+    arm_lasting_fault(&mut raw, "fail-write", "ENOSPC");
+    // Answered at once; its write fails behind it, and then writes are refused.
+    ok(&mut raw, &["SET", "b", "2"]);
+    assert!(
+        eventually(WITHIN, || raw
+            .cmd_text(&["SET", "c", "3"])
+            .starts_with(MISCONF_ENOSPC)),
+        "the failed write never showed"
+    );
+    expect(&mut raw, &["GET", "a"], b"$1\r\n1\r\n");
+    lift_fault(&mut raw, "fail-write", &["SET", "c", "3"]);
+    assert_eq!(last_write_status(&mut raw), "ok");
+
+    let server = crash_and_restart(server, 1, &args);
+    let mut raw = server.raw();
+    expect(&mut raw, &["GET", "b"], b"$1\r\n2\r\n");
+    expect(&mut raw, &["GET", "c"], b"$1\r\n3\r\n");
+}
+
 // ------------------------------------------------------------------------------------------
 // 8. A real full disk
 // ------------------------------------------------------------------------------------------

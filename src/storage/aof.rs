@@ -70,12 +70,13 @@ impl Future for Durable {
 pub struct AofStats {
     pub fsyncs: u64,
     pub records_synced: u64,
-    pub bytes_written: u64,
     pub write_errors: u64,
     /// fdatasync latencies in microseconds (bounded memory).
     pub fsync_latency_us: Option<hdrhistogram::Histogram<u64>>,
-    /// Records per fdatasync.
+    /// Records per fdatasync (2 significant digits).
     pub batch_records: Option<hdrhistogram::Histogram<u64>>,
+    /// The most records one fdatasync carried (exact).
+    pub batch_max: u64,
 }
 
 impl AofStats {
@@ -453,6 +454,7 @@ impl Aof {
                     .max(1),
             );
         }
+        self.stats.batch_max = self.stats.batch_max.max(records);
         if records > 0 {
             if let Some(h) = self.stats.batch_records.as_mut() {
                 let _ = h.record(records);

@@ -1,8 +1,9 @@
 //! The group-commit loop of one shard.
 //!
 //! It takes everything appended since the last write, writes it in one aligned direct-I/O
-//! write, fdatasyncs when the fsync mode (or a waiter) asks, then moves the durable watermark
-//! and wakes the waiters. Records appended while a write or sync is in flight ride in the next
+//! write, fdatasyncs when the fsync mode (or a waiter) asks, when about 8 MiB were written
+//! since the last sync, or after a failure, then moves the durable watermark and wakes the
+//! waiters. Records appended while a write or sync is in flight ride in the next
 //! one, so many clients share one fsync; the loop never syncs when nothing was written.
 //!
 //! A failed write or sync acknowledges nothing it carried: its waiters get the error, the shard
@@ -23,8 +24,9 @@ const EVERYSEC_INTERVAL: Duration = Duration::from_secs(1);
 /// `no`: appended records are written (without a sync) at least this often, so they do not pile
 /// up in memory.
 const NO_FSYNC_WRITE_INTERVAL: Duration = Duration::from_secs(1);
-/// Written bytes kept for a rewrite after a failed sync are bounded: past this many, a sync is
-/// due in every mode (in `no`, nothing else would ever release them).
+/// Written bytes kept for a rewrite after a failed sync are bounded: once this many are held, a
+/// sync is due in every mode (in `no`, nothing else would ever release them). The buffer can
+/// pass it by one write, and its capacity can reach twice that.
 const UNSYNCED_MAX_BYTES: usize = 8 * 1024 * 1024;
 /// Capacity the buffer of unsynced bytes keeps after a sync; a burst's larger buffer is freed.
 const UNSYNCED_KEEP_BYTES: usize = 1024 * 1024;
@@ -160,7 +162,9 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
                 FsyncMode::No => urgent,
             }
             || !state.unsynced.is_empty() && roll_at.is_some()
-            || state.unsynced.len() >= UNSYNCED_MAX_BYTES;
+            || state.unsynced.len() >= UNSYNCED_MAX_BYTES
+            // After a failure only a sync clears it: in `no` nothing else would ask for one.
+            || state.retry_delay.is_some() && !state.unsynced.is_empty();
         if !due {
             continue;
         }
@@ -175,9 +179,7 @@ pub async fn run(shard: Rc<Shard>, mut writer: SegmentWriter) {
         match synced {
             Ok(()) => {
                 let records = std::mem::take(&mut state.unsynced_records);
-                let written = state.unsynced.len() as u64;
                 own(&shard, instance, |a| {
-                    a.stats.bytes_written += written;
                     a.synced(writer.end(), records, started.elapsed());
                 });
                 state.unsynced.clear();

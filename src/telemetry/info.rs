@@ -50,7 +50,8 @@ pub struct AofSnapshot {
     pub failure: Option<String>,
     /// fdatasync latency percentiles (p50, p99, p99.9) in microseconds.
     pub fsync_us: (u64, u64, u64),
-    /// Records made durable per fdatasync that carried any: p50, p99, max.
+    /// Records made durable per fdatasync that carried any: p50, p99 (2 significant digits),
+    /// max (exact).
     pub batch: (u64, u64, u64),
 }
 
@@ -81,7 +82,7 @@ impl AofSnapshot {
             batch: (
                 percentile(batch, 0.5),
                 percentile(batch, 0.99),
-                percentile(batch, 1.0),
+                aof.stats.batch_max,
             ),
         }
     }
@@ -486,13 +487,15 @@ fn persistence_section(
         };
         let _ = write!(
             out,
-            "aof_shard{}:durable_offset={},end_offset={},fsyncs={},writes_per_fsync={per_fsync:.2},\
-             writes_per_fsync_p50={},writes_per_fsync_p99={},writes_per_fsync_max={},\
+            "aof_shard{}:durable_offset={},end_offset={},fsyncs={},writes_synced={},\
+             writes_per_fsync={per_fsync:.2},writes_per_fsync_p50={},writes_per_fsync_p99={},\
+             writes_per_fsync_max={},\
              fsync_p50_us={},fsync_p99_us={},fsync_p999_us={},write_errors={},last_write_status={}\r\n",
             s.index,
             a.durable,
             a.end,
             a.fsyncs,
+            a.records_synced,
             a.batch.0,
             a.batch.1,
             a.batch.2,
