@@ -151,8 +151,8 @@ fn records(c: &mut Criterion) {
     group.finish();
 }
 
-/// Two shards, each on its own glommio executor thread, joined by the server's mesh. Shard 0
-/// runs the measured loops on request from the Criterion thread; shard 1 only answers.
+/// Two shards, each on its own glommio executor thread, joined by the server's mesh. The one on
+/// CPU 0 runs the measured loops on request from the Criterion thread; the other answers.
 struct TwoShards {
     /// (calls, calls in flight at once) to make from shard 0 to shard 1; the time they took
     /// comes back on `done`.
@@ -192,6 +192,7 @@ impl TwoShards {
                     let shard = Rc::new(Shard::new(senders.peer_id(), cpu, server));
                     mesh::start(&shard, senders, receivers);
                     match runs {
+                        // Blocks this executor between measurements: it has nothing else to do.
                         Some(runs) => {
                             while let Ok((calls, in_flight)) = runs.recv() {
                                 let _ = done.send(measure(&shard, calls, in_flight).await);
@@ -219,8 +220,8 @@ impl TwoShards {
     fn time(&self, calls: u64, in_flight: usize) -> Duration {
         self.run
             .send((calls, in_flight))
-            .expect("shard 0 is running");
-        self.done.recv().expect("shard 0 answers")
+            .expect("the measuring shard is running");
+        self.done.recv().expect("the measuring shard answers")
     }
 
     fn stop(self) {
@@ -234,15 +235,16 @@ impl TwoShards {
 
 /// `calls` calls from `shard` to the other shard, `in_flight` at a time; the time they took.
 async fn measure(shard: &Rc<Shard>, calls: u64, in_flight: usize) -> Duration {
+    let peer = 1 - shard.index();
     let started = Instant::now();
     let mut left = calls;
     while left > 0 {
         let now = left.min(in_flight as u64);
         let batch: Vec<_> = (0..now)
-            .map(|i| shard.call(1, move |s| s.index() as u64 + i))
+            .map(|i| shard.call(peer, move |s| s.index() as u64 + i))
             .collect();
         for call in batch {
-            black_box(call.await.expect("shard 1 answers"));
+            black_box(call.await.expect("the other shard answers"));
         }
         left -= now;
     }

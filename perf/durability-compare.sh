@@ -83,8 +83,7 @@ set_rps() {
 # "<fsyncs> <records synced>" of corekv's first shard, from INFO.
 ck_fsyncs() {
     valkey-cli -p "$1" info persistence | tr -d '\r' | grep '^aof_shard0:' |
-        sed 's/.*fsyncs=\([0-9]*\),writes_per_fsync=\([0-9.]*\).*/\1 \2/' |
-        awk '{printf "%d %d\n", $1, $1 * $2}'
+        sed 's/.*fsyncs=\([0-9]*\),writes_synced=\([0-9]*\).*/\1 \2/'
 }
 
 load_keys() {

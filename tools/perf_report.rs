@@ -92,8 +92,7 @@ fn refreshed(readme: &str, markdown: &str) -> Option<String> {
 fn run(o: &Options) -> Result<(), ReportError> {
     let results = Results::read(&o.results)?;
     let targets = targets::check(&results);
-    let plots = plots::draw(&results, &o.out, o.rate)?;
-    let names: Vec<String> = plots
+    let names: Vec<String> = plots::files(&o.out)
         .iter()
         .map(|p| {
             Path::new(p)
@@ -142,6 +141,8 @@ fn run(o: &Options) -> Result<(), ReportError> {
             ),
         }
     }
+    // Last: the tables and the JSON are there even if a plot cannot be drawn.
+    plots::draw(&results, &o.out, o.rate)?;
     print!("{markdown}");
     Ok(())
 }

@@ -33,7 +33,7 @@ impl Latency {
 }
 
 /// Points of the latency percentile curve: (percentile in %, latency in µs) at four steps
-/// per decade of 1 - q, from the median to 99.999 %, and the maximum at 100 %.
+/// per decade of 1 - q, from the median to 99.997 %, and the maximum at 100 %.
 pub fn percentile_curve(stats: &Stats) -> Vec<(f64, u64)> {
     let h = &stats.latency;
     if h.is_empty() {

@@ -3,7 +3,7 @@
 /// A report could not be made; the message names the file or line.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("{0}\n\nusage: corekv-perf-report --results FILE --out PREFIX --machine TEXT --command TEXT --mode quick|full [--readme FILE]")]
+    #[error("{0}\n\nusage: corekv-perf-report --results FILE --out PREFIX [--machine TEXT] [--command TEXT] [--mode quick|full] [--rate R] [--readme FILE]")]
     Usage(String),
     #[error("cannot read {path}: {source}")]
     Read {

@@ -27,22 +27,28 @@ struct Series {
 
 type Chart<'a, 'b, Y> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, Y>>;
 
-/// Plots as `prefix-<name>.svg`; returns the file names written.
-pub fn draw(r: &Results, prefix: &str, rate: Option<f64>) -> Result<Vec<String>, ReportError> {
-    let mut written = Vec::new();
-    let mut plot = |name: &str, f: &dyn Fn(&Path) -> Result<(), String>| {
-        let path = format!("{prefix}-{name}.svg");
-        f(Path::new(&path)).map_err(|reason| ReportError::Plot {
-            path: path.clone(),
-            reason,
-        })?;
-        written.push(path);
-        Ok::<(), ReportError>(())
-    };
-    plot("throughput", &|p| throughput(p, r))?;
-    plot("latency-curves", &|p| latency_curves(p, r, rate))?;
-    plot("waitaof", &|p| waitaof(p, r))?;
-    Ok(written)
+/// The plots, by the name their file ends in.
+const PLOTS: [&str; 3] = ["throughput", "latency-curves", "waitaof"];
+
+/// The files [`draw`] writes for `prefix`.
+pub fn files(prefix: &str) -> Vec<String> {
+    PLOTS
+        .iter()
+        .map(|name| format!("{prefix}-{name}.svg"))
+        .collect()
+}
+
+/// Draws every plot into [`files`]`(prefix)`.
+pub fn draw(r: &Results, prefix: &str, rate: Option<f64>) -> Result<(), ReportError> {
+    for (name, path) in PLOTS.iter().zip(files(prefix)) {
+        let drawn = match *name {
+            "throughput" => throughput(Path::new(&path), r),
+            "latency-curves" => latency_curves(Path::new(&path), r, rate),
+            _ => waitaof(Path::new(&path), r),
+        };
+        drawn.map_err(|reason| ReportError::Plot { path, reason })?;
+    }
+    Ok(())
 }
 
 fn text<E: Display>(e: E) -> String {
