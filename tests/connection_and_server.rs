@@ -2772,6 +2772,31 @@ fn shutdown_rejects_bad_arguments_then_exits_cleanly() {
 }
 
 #[test]
+fn the_port_is_free_the_moment_the_server_has_exited() {
+    for how in ["SHUTDOWN", "SIGTERM"] {
+        // One shard: with one, the listening socket outlived the process every time.
+        let mut server = Server::start(1, &["--appendonly", "yes"]);
+        let port = server.port;
+        expect(&mut server.raw(), &["SET", "k", "v"], OK);
+        // Idle executors park with operations in flight in their rings; the kernel tears those
+        // down after the process is gone, and until then they keep what they hold.
+        std::thread::sleep(Duration::from_millis(1500));
+        if how == "SHUTDOWN" {
+            server.raw().send(&common::resp(&[b"SHUTDOWN"]));
+        } else {
+            let pid = libc::pid_t::try_from(server.pid()).expect("pid");
+            // SAFETY: sends a signal to the child process this test started.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        }
+        server.wait_exit(PROMPTLY).expect("the server exits");
+        // What a restarted server does first: bind the port (with SO_REUSEADDR, as std does).
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            panic!("after {how}, port {port} is still taken: {e}");
+        }
+    }
+}
+
+#[test]
 fn sigterm_exits_with_status_zero() {
     let mut server = Server::start(2, &[]);
     expect(&mut server.raw(), &["SET", "k", "v"], OK);

@@ -92,6 +92,7 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
     loop {
         match listener.accept().await {
             Ok(stream) => admit(&shard, stream).await,
+            Err(_) if shard.server.listening_stopped() => return,
             Err(e) => {
                 log::warn!("Accepting a client connection failed: {e}");
                 glommio::timer::sleep(ACCEPT_RETRY_DELAY).await;

@@ -159,6 +159,7 @@ pub fn run(config: Config, config_file: String) -> Result<(), StartError> {
         listener::bind_all(&config.bind, config.port, shards).map_err(StartError::Listen)?;
     let log = crate::storage::open::prepare(&config, shards).map_err(StartError::Config)?;
     let server = Arc::new(ServerState::new(config, shard_cpus.clone(), config_file));
+    server.set_listeners(listeners.iter().flatten().copied().collect());
     if let Some(log) = &log {
         server.set_generation(log.manifest.generation);
         server
@@ -284,6 +285,7 @@ async fn watch_for_signals(shard: Rc<Shard>) {
 
 /// Stops the server: every shard finishes what must be finished, then the process exits.
 pub async fn shutdown(shard: &Rc<Shard>) {
+    shard.server.stop_listening();
     // Everything appended to the logs is made durable first (every fsync mode), unless the
     // disk keeps failing.
     let calls: Vec<_> = (0..shard.count())

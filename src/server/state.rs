@@ -34,6 +34,9 @@ pub struct ServerState {
     pub replication: ReplicationState,
     /// Shards that have loaded their log (clients are served once all have).
     shards_loaded: AtomicUsize,
+    /// Every shard's listening sockets, to stop listening at shutdown.
+    listeners: std::sync::OnceLock<Vec<std::os::fd::RawFd>>,
+    listening_stopped: AtomicBool,
 }
 
 impl ServerState {
@@ -61,7 +64,34 @@ impl ServerState {
             rewrite: RewriteStatus::default(),
             replication: ReplicationState::default(),
             shards_loaded: AtomicUsize::new(0),
+            listeners: std::sync::OnceLock::new(),
+            listening_stopped: AtomicBool::new(false),
         }
+    }
+
+    /// Records the listening sockets (once, at start-up).
+    pub fn set_listeners(&self, fds: Vec<std::os::fd::RawFd>) {
+        let _ = self.listeners.set(fds);
+    }
+
+    /// Stops listening on every address at once. Closing is not enough: a socket with an accept
+    /// in flight in io_uring lives on until the kernel tears the ring down, some time after the
+    /// process exits, and a server restarted meanwhile could not bind the port. A shut-down
+    /// listening socket leaves the listening state at once.
+    pub fn stop_listening(&self) {
+        self.listening_stopped.store(true, Ordering::Release);
+        for &fd in self.listeners.get().into_iter().flatten() {
+            // SAFETY: plain syscall on a descriptor this process opened and never closes
+            // before exiting; a bad descriptor only makes it fail.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+    }
+
+    /// Whether [`ServerState::stop_listening`] ran (accept errors are then expected).
+    pub fn listening_stopped(&self) -> bool {
+        self.listening_stopped.load(Ordering::Acquire)
     }
 
     /// A shard has loaded its log.
