@@ -63,8 +63,8 @@ fn report_from_real_bench_output() {
         r#"{"system":"disk","scenario":"fdatasync","p50_us":200,"p99_us":300}"#.to_string(),
         r#"{"system":"corekv","scenario":"memory","keys":1000,"used_memory_per_key":60,"rss_per_key":70}"#.to_string(),
         r#"{"system":"valkey","scenario":"memory","keys":1000,"used_memory_per_key":80,"rss_per_key":90}"#.to_string(),
-        r#"{"system":"corekv","scenario":"replay","keys":1000,"ready_ms":40}"#.to_string(),
-        r#"{"system":"valkey","scenario":"replay","keys":1000,"ready_ms":100}"#.to_string(),
+        r#"{"system":"corekv","scenario":"replay","keys":1000,"ready_ms":40,"cold":true}"#.to_string(),
+        r#"{"system":"valkey","scenario":"replay","keys":1000,"ready_ms":100,"cold":true}"#.to_string(),
         r#"{"system":"corekv","scenario":"valkey-benchmark","group":"lpush","test":null,"errors":50}"#.to_string(),
         r#"{"system":"valkey","scenario":"valkey-benchmark","group":"lpush","test":"LPUSH","rps":90000,"p50_ms":0.3,"p99_ms":0.5,"errors":0}"#.to_string(),
     ];
@@ -102,7 +102,7 @@ fn report_from_real_bench_output() {
         "{md}"
     );
     assert!(
-        md.contains("| 0.40 (40 / 100 ms to the first PONG, 1000 keys in the log) | **met** |"),
+        md.contains("| 0.40 (40 / 100 ms to the first PONG, 1000 keys in the log, page cache dropped) | **met** |"),
         "{md}"
     );
     // Measured nothing for: GET with writers, and tracking on/off.

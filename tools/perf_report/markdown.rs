@@ -212,8 +212,8 @@ pub fn render(r: &Results, targets: &[Target], h: &Heading<'_>) -> String {
                     m.map_or("–".into(), |m| thousands(m.keys as i64)),
                     number(m.map(|m| m.used_memory_per_key), 0),
                     number(m.map(|m| m.rss_per_key), 0),
-                    replay.map_or("–".into(), |(k, _)| thousands(*k as i64)),
-                    number(replay.map(|(_, ms)| *ms), 0),
+                    replay.map_or("–".into(), |r| thousands(r.keys as i64)),
+                    number(replay.map(|r| r.ready_ms), 0),
                 ]
             })
             .collect();

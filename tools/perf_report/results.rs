@@ -77,6 +77,17 @@ pub struct SuiteResult {
     pub p99_ms: f64,
 }
 
+/// A restart with a loaded log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Replay {
+    /// Keys in the log.
+    pub keys: u64,
+    /// From the start to the first PONG.
+    pub ready_ms: f64,
+    /// Whether the page cache was dropped first (the log read from the disk).
+    pub cold: bool,
+}
+
 /// Everything one harness run measured.
 #[derive(Debug, Default)]
 pub struct Results {
@@ -85,8 +96,8 @@ pub struct Results {
     pub fdatasync: Option<(f64, f64)>,
     /// By system.
     pub memory: BTreeMap<String, Memory>,
-    /// By system: (keys in the log, milliseconds from start to the first PONG).
-    pub replay: BTreeMap<String, (u64, f64)>,
+    /// By system.
+    pub replay: BTreeMap<String, Replay>,
     /// valkey-benchmark's default suite, in the order it ran.
     pub suite: Vec<SuiteRow>,
     /// Every line as written.
@@ -147,7 +158,11 @@ impl Results {
                 });
             }
             "replay" => {
-                let replay = (line.number("keys")? as u64, line.number("ready_ms")?);
+                let replay = Replay {
+                    keys: line.number("keys")? as u64,
+                    ready_ms: line.number("ready_ms")?,
+                    cold: line.value.get("cold").and_then(Value::as_bool) == Some(true),
+                };
                 self.replay.insert(system, replay);
             }
             _ => self.runs.push(line.run()?),
@@ -286,7 +301,7 @@ mod tests {
             RUN,
             r#"{"system":"disk","scenario":"fdatasync","p50_us":250,"p99_us":300}"#,
             r#"{"system":"valkey","scenario":"memory","keys":10,"used_memory_per_key":60.5,"rss_per_key":70}"#,
-            r#"{"system":"corekv","scenario":"replay","keys":10,"ready_ms":12}"#,
+            r#"{"system":"corekv","scenario":"replay","keys":10,"ready_ms":12,"cold":true}"#,
             r#"{"system":"corekv","scenario":"valkey-benchmark","group":"lpush","test":null,"errors":20}"#,
             r#"{"system":"valkey","scenario":"valkey-benchmark","group":"get","test":"GET","rps":9.5,"p50_ms":0.2,"p99_ms":0.4,"errors":0}"#,
             "",
@@ -298,7 +313,12 @@ mod tests {
         assert_eq!(run.curve, vec![(50.0, 1.0), (100.0, 5.0)]);
         assert_eq!(r.fdatasync, Some((250.0, 300.0)));
         assert_eq!(r.memory["valkey"].used_memory_per_key, 60.5);
-        assert_eq!(r.replay["corekv"], (10, 12.0));
+        let replay = Replay {
+            keys: 10,
+            ready_ms: 12.0,
+            cold: true,
+        };
+        assert_eq!(r.replay["corekv"], replay);
         assert!(r.run("valkey", "always", "set").is_none());
         assert!(r.suite[0].measured.is_none() && r.suite[0].errors == 20);
         let get = r.suite[1].measured.as_ref().expect("a measured row");

@@ -141,9 +141,19 @@ pub fn check(r: &Results) -> Vec<Target> {
 
     let (ck, vk) = (r.replay.get("corekv"), r.replay.get("valkey"));
     let measured = match (ck, vk) {
-        (Some(&(keys, c)), Some(&(_, v))) if v > 0.0 => Some((
-            c / v,
-            format!("{c:.0} / {v:.0} ms to the first PONG, {keys} keys in the log"),
+        (Some(c), Some(v)) if v.ready_ms > 0.0 => Some((
+            c.ready_ms / v.ready_ms,
+            format!(
+                "{:.0} / {:.0} ms to the first PONG, {} keys in the log, {}",
+                c.ready_ms,
+                v.ready_ms,
+                c.keys,
+                if c.cold && v.cold {
+                    "page cache dropped"
+                } else {
+                    "page cache not dropped"
+                }
+            ),
         )),
         _ => None,
     };
@@ -202,8 +212,13 @@ mod tests {
                 rss_per_key: 60.0,
             },
         );
-        r.replay.insert("corekv".into(), (10, 30.0));
-        r.replay.insert("valkey".into(), (10, 100.0));
+        let replay = |ready_ms| crate::results::Replay {
+            keys: 10,
+            ready_ms,
+            cold: false,
+        };
+        r.replay.insert("corekv".into(), replay(30.0));
+        r.replay.insert("valkey".into(), replay(100.0));
         let targets = check(&r);
         let row = |what: &str| targets.iter().find(|t| t.what.contains(what)).expect(what);
         assert!(row("used_memory").met);
