@@ -39,7 +39,7 @@ now_ms() { date +%s%3N; }
 
 wait_pong() {
     for _ in $(seq 1 6000); do
-        [ "$(valkey-cli -p "$1" ping 2>/dev/null)" = PONG ] && return 0
+        [ "$(taskset -c "$CLIENT_CPU" valkey-cli -p "$1" ping 2>/dev/null)" = PONG ] && return 0
         sleep 0.01
     done
     echo "server on port $1 did not start" >&2
@@ -172,7 +172,9 @@ all_cpus="0-$(($(nproc) - 1))"
     stop "$vk"
     echo
 
-    echo "### 3. Start to first PONG with $KEYS keys in the log (ms)"
+    cache="page cache dropped before each start"
+    [ -w /proc/sys/vm/drop_caches ] || cache="page cache not dropped (needs root)"
+    echo "### 3. Start to first PONG with $KEYS keys in the log (ms; $cache)"
     echo
     echo "| server | as written | after BGREWRITEAOF |"
     echo "|---|---|---|"

@@ -92,7 +92,12 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
     loop {
         match listener.accept().await {
             Ok(stream) => admit(&shard, stream).await,
-            Err(_) if shard.server.listening_stopped() => return,
+            Err(_) if shard.server.listening_stopped() => {
+                // The descriptor stays open until exit: `stop_listening` may still be about
+                // to use its number.
+                std::mem::forget(listener);
+                return;
+            }
             Err(e) => {
                 log::warn!("Accepting a client connection failed: {e}");
                 glommio::timer::sleep(ACCEPT_RETRY_DELAY).await;

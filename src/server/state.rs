@@ -79,10 +79,13 @@ impl ServerState {
     /// process exits, and a server restarted meanwhile could not bind the port. A shut-down
     /// listening socket leaves the listening state at once.
     pub fn stop_listening(&self) {
-        self.listening_stopped.store(true, Ordering::Release);
+        if self.listening_stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
         for &fd in self.listeners.get().into_iter().flatten() {
-            // SAFETY: plain syscall on a descriptor this process opened and never closes
-            // before exiting; a bad descriptor only makes it fail.
+            // SAFETY: plain syscall on a listening descriptor this process opened; the accept
+            // loops never close theirs, so the number still names that socket (and this runs
+            // once).
             unsafe {
                 libc::shutdown(fd, libc::SHUT_RDWR);
             }

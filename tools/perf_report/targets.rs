@@ -148,10 +148,10 @@ pub fn check(r: &Results) -> Vec<Target> {
                 c.ready_ms,
                 v.ready_ms,
                 c.keys,
-                if c.cold && v.cold {
-                    "page cache dropped"
-                } else {
-                    "page cache not dropped"
+                match (c.cold, v.cold) {
+                    (true, true) => "page cache dropped",
+                    (false, false) => "page cache not dropped",
+                    _ => "page cache dropped for one of them only: not comparable",
                 }
             ),
         )),
