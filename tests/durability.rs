@@ -603,6 +603,76 @@ fn written_log_bytes_do_not_pile_up_in_memory_in_no_and_everysec() {
     }
 }
 
+/// Pipelines `SET k<i> v` in batches of 64 on a new connection until the server goes away;
+/// how many were acknowledged (replies come in order, so keys `k0..` up to that count).
+fn write_until_closed(port: u16) -> u64 {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(WITHIN)).expect("read timeout");
+    let mut acked = 0u64;
+    let mut input = Vec::new();
+    loop {
+        let batch: Vec<u8> = (acked..acked + 64)
+            .flat_map(|i| resp(&[b"SET", format!("k{i}").as_bytes(), b"v"]))
+            .collect();
+        if stream.write_all(&batch).is_err() {
+            return acked;
+        }
+        let until = acked + 64;
+        while acked < until {
+            if let Some(at) = input.windows(2).position(|w| w == b"\r\n") {
+                assert_eq!(&input[..at], b"+OK", "unexpected reply");
+                input.drain(..at + 2);
+                acked += 1;
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return acked,
+                Ok(n) => input.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_clean_shutdown_keeps_every_write_it_acknowledged() {
+    for mode in ["everysec", "no"] {
+        let args = ["--appendonly", "yes", "--appendfsync", mode];
+        let mut server = start(2, &args);
+        let port = server.port;
+        let writer = std::thread::spawn(move || write_until_closed(port));
+        let mut control = server.raw();
+        assert!(
+            eventually(WITHIN, || field_u64(
+                &info(&mut control, "stats"),
+                "total_commands_processed"
+            ) > 5000),
+            "{mode}: the writer did not get going"
+        );
+        control.send(&resp(&[b"SHUTDOWN"]));
+        server
+            .wait_exit(WITHIN)
+            .expect("the server exits after SHUTDOWN");
+        let acked = writer.join().expect("writer thread");
+        let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("tempdir"));
+        let server = restart(dir, 2, &args);
+        let mut raw = server.raw();
+        for chunk in (0..acked).collect::<Vec<_>>().chunks(500) {
+            let keys: Vec<String> = chunk.iter().map(|i| format!("k{i}")).collect();
+            let mut cmd = vec!["EXISTS"];
+            cmd.extend(keys.iter().map(String::as_str));
+            let found = int(&raw.cmd(&cmd));
+            assert_eq!(
+                found,
+                chunk.len() as i64,
+                "{mode}: of {acked} acknowledged writes, some of k{}..k{} are missing",
+                chunk[0],
+                chunk[chunk.len() - 1]
+            );
+        }
+    }
+}
+
 #[test]
 fn waitaof_acknowledged_writes_survive_kill_9_in_everysec_and_no() {
     for mode in ["everysec", "no"] {

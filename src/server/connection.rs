@@ -108,6 +108,11 @@ impl Connection {
                 unauthenticated: session.needs_auth(),
             };
             match self.parser.parse(&mut self.input, limits) {
+                Ok(Parsed::Command(_)) if self.shard.server.stopping() => {
+                    // Shutting down: the logs' last sync must cover every write acknowledged,
+                    // so nothing more runs (Valkey runs nothing once SHUTDOWN started either).
+                    return Ok(Some(Close::Normal));
+                }
                 Ok(Parsed::Command(args)) => {
                     if is_blocking(&args) {
                         if self.handle_watching_close(session, args).await {

@@ -92,8 +92,8 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
     loop {
         match listener.accept().await {
             Ok(stream) => admit(&shard, stream).await,
-            Err(_) if shard.server.listening_stopped() => {
-                // The descriptor stays open until exit: `stop_listening` may still be about
+            Err(_) if shard.server.stopping() => {
+                // The descriptor stays open until exit: `begin_shutdown` may still be about
                 // to use its number.
                 std::mem::forget(listener);
                 return;

@@ -285,18 +285,28 @@ async fn watch_for_signals(shard: Rc<Shard>) {
 
 /// Stops the server: every shard finishes what must be finished, then the process exits.
 pub async fn shutdown(shard: &Rc<Shard>) {
-    shard.server.stop_listening();
+    if !shard.server.begin_shutdown() {
+        // Another SHUTDOWN (or the signal watcher) is already finishing the job.
+        return std::future::pending().await;
+    }
     // Everything appended to the logs is made durable first (every fsync mode), unless the
-    // disk keeps failing.
+    // disk keeps failing. Commands already under way when the shutdown began (one waiting on
+    // another shard, say) may still append: each shard syncs until its log stops growing.
     let calls: Vec<_> = (0..shard.count())
         .map(|s| {
             shard.call_async(s, |s| {
-                let end = s.with_aof(|a| a.end()).unwrap_or(0);
-                let synced = s.durable(end, true);
+                let s = Rc::clone(s);
                 async move {
                     let synced = async {
-                        if let Err(e) = synced.await {
-                            log::warn!("Error syncing the AOF on shutdown: {e}");
+                        loop {
+                            let end = s.with_aof(|a| a.end()).unwrap_or(0);
+                            if let Err(e) = s.durable(end, true).await {
+                                log::warn!("Error syncing the AOF on shutdown: {e}");
+                                return;
+                            }
+                            if s.with_aof(|a| a.end()).unwrap_or(0) == end {
+                                return;
+                            }
                         }
                     };
                     futures_lite::future::or(synced, glommio::timer::sleep(SHUTDOWN_SYNC_LIMIT))

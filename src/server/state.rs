@@ -36,7 +36,7 @@ pub struct ServerState {
     shards_loaded: AtomicUsize,
     /// Every shard's listening sockets, to stop listening at shutdown.
     listeners: std::sync::OnceLock<Vec<std::os::fd::RawFd>>,
-    listening_stopped: AtomicBool,
+    stopping: AtomicBool,
 }
 
 impl ServerState {
@@ -65,7 +65,7 @@ impl ServerState {
             replication: ReplicationState::default(),
             shards_loaded: AtomicUsize::new(0),
             listeners: std::sync::OnceLock::new(),
-            listening_stopped: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -74,13 +74,15 @@ impl ServerState {
         let _ = self.listeners.set(fds);
     }
 
-    /// Stops listening on every address at once. Closing is not enough: a socket with an accept
-    /// in flight in io_uring lives on until the kernel tears the ring down, some time after the
-    /// process exits, and a server restarted meanwhile could not bind the port. A shut-down
-    /// listening socket leaves the listening state at once.
-    pub fn stop_listening(&self) {
-        if self.listening_stopped.swap(true, Ordering::AcqRel) {
-            return;
+    /// The start of a shutdown: connections run no further commands (so the logs' last sync
+    /// covers every write acknowledged), and every address stops listening at once. Closing is
+    /// not enough for that: a socket with an accept in flight in io_uring lives on until the
+    /// kernel tears the ring down, some time after the process exits, and a server restarted
+    /// meanwhile could not bind the port. A shut-down listening socket leaves the listening
+    /// state at once. False if a shutdown had begun already.
+    pub fn begin_shutdown(&self) -> bool {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return false;
         }
         for &fd in self.listeners.get().into_iter().flatten() {
             // SAFETY: plain syscall on a listening descriptor this process opened; the accept
@@ -90,11 +92,12 @@ impl ServerState {
                 libc::shutdown(fd, libc::SHUT_RDWR);
             }
         }
+        true
     }
 
-    /// Whether [`ServerState::stop_listening`] ran (accept errors are then expected).
-    pub fn listening_stopped(&self) -> bool {
-        self.listening_stopped.load(Ordering::Acquire)
+    /// Whether a shutdown has begun: no new commands run, accept errors are expected.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// A shard has loaded its log.
