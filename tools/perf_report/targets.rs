@@ -36,6 +36,12 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// `a / b` with both shown: "`a` / `b` `unit`" (to `digits` decimals).
+fn quotient(a: Option<f64>, b: Option<f64>, digits: usize, unit: &str) -> Option<(f64, String)> {
+    let (x, y) = (a?, b?);
+    ratio(a, b).map(|q| (q, format!("{x:.digits$} / {y:.digits$} {unit}")))
+}
+
 /// Every target, in the order the project lists them.
 pub fn check(r: &Results) -> Vec<Target> {
     let mut out = Vec::new();
@@ -62,12 +68,7 @@ pub fn check(r: &Results) -> Vec<Target> {
     out.push(Target::new(
         "SET throughput, `always` / `everysec`",
         "≥ 0.95",
-        ratio(a, e).map(|x| {
-            (
-                x,
-                format!("{:.0} / {:.0} req/s", a.unwrap_or(0.0), e.unwrap_or(0.0)),
-            )
-        }),
+        quotient(a, e, 0, "req/s"),
         |x| x >= 0.95,
     ));
 
@@ -77,16 +78,7 @@ pub fn check(r: &Results) -> Vec<Target> {
         out.push(Target::new(
             format!("SET + WAITAOF 1 0 0 p50 / bare fdatasync p50, `{mode}`"),
             "≤ 1.5",
-            ratio(p50, bare).map(|x| {
-                (
-                    x,
-                    format!(
-                        "{:.0} / {:.0} µs, the unit includes its SET",
-                        p50.unwrap_or(0.0),
-                        bare.unwrap_or(0.0)
-                    ),
-                )
-            }),
+            quotient(p50, bare, 0, "µs, the unit includes its SET"),
             |x| x <= 1.5,
         ));
     }
@@ -98,16 +90,7 @@ pub fn check(r: &Results) -> Vec<Target> {
     out.push(Target::new(
         "GET p99 at a fixed rate, with `always` writers / without",
         "≤ 1.2",
-        ratio(loaded, quiet).map(|x| {
-            (
-                x,
-                format!(
-                    "{:.0} / {:.0} µs",
-                    loaded.unwrap_or(0.0),
-                    quiet.unwrap_or(0.0)
-                ),
-            )
-        }),
+        quotient(loaded, quiet, 0, "µs"),
         |x| x <= 1.2,
     ));
 
@@ -170,12 +153,7 @@ pub fn check(r: &Results) -> Vec<Target> {
         out.push(Target::new(
             format!("latency tracking's cost: CPU per request on / off, {sc}"),
             "no measurable cost (≤ 1.05)",
-            ratio(on, off).map(|x| {
-                (
-                    x,
-                    format!("{:.2} / {:.2} µs", on.unwrap_or(0.0), off.unwrap_or(0.0)),
-                )
-            }),
+            quotient(on, off, 2, "µs"),
             |x| x <= 1.05,
         ));
     }
