@@ -186,19 +186,33 @@ async fn partial_from(
 /// Gives the snapshot slot back and stops the snapshots of a sync that did not finish.
 struct SyncClaim {
     home: Rc<Shard>,
+    /// Names this sync's snapshots: the stop posted at the end reaches the shards after the
+    /// slot is free, and must not stop the snapshots of a sync that started meanwhile.
+    id: u64,
 }
+
+/// Ids of full syncs, process-wide.
+static NEXT_SYNC_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Drop for SyncClaim {
     fn drop(&mut self) {
+        let id = self.id;
         for s in 0..self.home.count() {
-            self.home.post(s, |s| stop_sync_snapshot(s));
+            self.home.post(s, move |s| stop_sync_snapshot(s, Some(id)));
         }
         self.home.server.rewrite.end_sync();
     }
 }
 
-fn stop_sync_snapshot(shard: &Shard) {
-    if shard.sync_sink().take().is_some() {
+/// Ends the full sync snapshot taken on `shard`: sync `id`'s only, or whichever with `None`.
+fn stop_sync_snapshot(shard: &Shard, id: Option<u64>) {
+    let mut sink = shard.sync_sink();
+    if sink
+        .as_ref()
+        .is_some_and(|(own, _)| id.is_none_or(|id| id == *own))
+    {
+        *sink = None;
+        drop(sink);
         for db in shard.dbs().iter_mut() {
             db.finish_snapshot();
         }
@@ -217,8 +231,10 @@ async fn full_sync(
     }
     let claim = SyncClaim {
         home: Rc::clone(home),
+        id: NEXT_SYNC_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     };
-    let cuts = cut(home).await?;
+    let id = claim.id;
+    let cuts = cut(home, id).await?;
     log::info!(
         "Starting a full sync of {} shard(s) at {cuts:?}",
         cuts.len()
@@ -231,21 +247,21 @@ async fn full_sync(
         let index = s.to_string();
         loop {
             let (records, complete) = home
-                .call(s, |s| {
+                .call(s, move |s| {
                     let complete = snapshot::walk(s);
                     // Each message's records are numbered from 0 (the replica decodes
                     // each message on its own).
                     let records = s
                         .sync_sink()
                         .as_ref()
-                        .map(|sink| {
+                        .map(|(_, sink)| {
                             let mut sink = sink.borrow_mut();
                             sink.position = 0;
                             std::mem::take(&mut sink.bytes)
                         })
                         .unwrap_or_default();
                     if complete {
-                        stop_sync_snapshot(s);
+                        stop_sync_snapshot(s, Some(id));
                     }
                     (records, complete)
                 })
@@ -272,7 +288,7 @@ async fn full_sync(
 }
 
 /// Locks every shard, starts each one's backlog and snapshot, unlocks. Returns the cuts.
-async fn cut(home: &Rc<Shard>) -> Result<Vec<u64>, LinkError> {
+async fn cut(home: &Rc<Shard>, id: u64) -> Result<Vec<u64>, LinkError> {
     let tx = Transaction::lock_every_shard(home)
         .await
         .map_err(|_| LinkError::Mesh)?;
@@ -280,14 +296,15 @@ async fn cut(home: &Rc<Shard>) -> Result<Vec<u64>, LinkError> {
     let calls: Vec<_> = (0..home.count())
         .map(|s| {
             home.call(s, move |s| {
-                stop_sync_snapshot(s);
+                // This sync holds the snapshot slot: anything left is stale.
+                stop_sync_snapshot(s, None);
                 let position = s.start_backlog(capacity);
                 let sink = Rc::new(RefCell::new(BaseSink::default()));
                 for (i, db) in s.dbs().iter_mut().enumerate() {
                     let index = u32::try_from(i).unwrap_or(u32::MAX);
                     db.start_snapshot(DbSnapshot::new(index, Rc::clone(&sink)));
                 }
-                *s.sync_sink() = Some(sink);
+                *s.sync_sink() = Some((id, sink));
                 position
             })
         })
@@ -558,4 +575,28 @@ fn take_ack(shard: &Shard, replica: &ConnectedReplica, args: &Args) {
     };
     replica.ack(&acked, fsynced.as_deref());
     shard.server.replication.wake_waiters();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::server::state::ServerState;
+
+    #[test]
+    fn a_sync_stops_only_its_own_snapshot() {
+        let server = Arc::new(ServerState::new(Config::default(), vec![0], String::new()));
+        let shard = Shard::new(0, 0, server);
+        let sink = Rc::new(RefCell::new(BaseSink::default()));
+        *shard.sync_sink() = Some((2, sink));
+        // The late stop of an earlier sync leaves sync 2's snapshot alone.
+        stop_sync_snapshot(&shard, Some(1));
+        assert_eq!(shard.sync_sink().as_ref().map(|(id, _)| *id), Some(2));
+        stop_sync_snapshot(&shard, Some(2));
+        assert!(shard.sync_sink().is_none());
+        // A new sync's cut clears whatever is left.
+        *shard.sync_sink() = Some((3, Rc::new(RefCell::new(BaseSink::default()))));
+        stop_sync_snapshot(&shard, None);
+        assert!(shard.sync_sink().is_none());
+    }
 }

@@ -62,8 +62,8 @@ pub struct Shard {
     tx_parts: RefCell<std::collections::HashMap<TxTag, Vec<LoggedCommand>>>,
     /// This shard's part of a rewrite in progress.
     rewrite_job: RefCell<Option<ShardRewrite>>,
-    /// The records of a replica's full sync snapshot, while it is taken.
-    sync_sink: RefCell<Option<Rc<RefCell<BaseSink>>>>,
+    /// The records of a replica's full sync snapshot, while it is taken, with the sync's id.
+    sync_sink: RefCell<Option<(u64, Rc<RefCell<BaseSink>>)>>,
     /// Where the last log of this process ended: a log turned on again starts there.
     log_floor: Cell<u64>,
     /// An instant and the Unix time it stands for, refreshed every tick: one clock read gives
@@ -224,8 +224,8 @@ impl Shard {
         }
     }
 
-    /// The snapshot of a replica's full sync being taken here.
-    pub fn sync_sink(&self) -> RefMut<'_, Option<Rc<RefCell<BaseSink>>>> {
+    /// The snapshot of a replica's full sync being taken here, and that sync's id.
+    pub fn sync_sink(&self) -> RefMut<'_, Option<(u64, Rc<RefCell<BaseSink>>)>> {
         self.sync_sink.borrow_mut()
     }
 

@@ -636,6 +636,9 @@ fn cut(
             .unwrap_or(0),
     };
     if let Some(path) = base {
+        // A finished sync's stop may still be on its way here: with its snapshot gone it
+        // finds nothing, and cannot end the rewrite's, which replace it.
+        shard.sync_sink().take();
         let sink = Rc::new(RefCell::new(BaseSink::default()));
         for (i, db) in shard.dbs().iter_mut().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
