@@ -871,6 +871,55 @@ fn a_silent_link_times_out_on_both_sides_and_resumes() {
     );
 }
 
+/// A replica that stops reading in the middle of its full sync (the network silent, its socket
+/// buffers full) is given up after `repl-timeout`: the snapshot slot it held is free again and
+/// a rewrite that waits for it runs.
+#[test]
+fn a_replica_that_stops_reading_during_its_full_sync_frees_the_snapshot_slot() {
+    let primary = start_primary(1, &["--repl-timeout", "2"]);
+    let mut p = primary.raw();
+    // 24 MiB of values: more than the sockets between the two servers can buffer.
+    let value = vec![b'v'; 8192];
+    for batch in 0..30 {
+        let mut pipeline = Vec::new();
+        for i in 0..100 {
+            pipeline.extend_from_slice(&resp(&[
+                b"SET",
+                format!("big{batch}:{i}").as_bytes(),
+                &value,
+            ]));
+        }
+        p.send(&pipeline);
+        for _ in 0..100 {
+            assert_eq!(text(&p.reply()), "+OK\r\n");
+        }
+    }
+    let proxy = Proxy::start(primary.port);
+    let _replica = start(1, &strs(&logged_replica_args(proxy.port, &[])));
+    assert!(
+        eventually(WITHIN, || log_count(&primary, FULL_SYNC) == 1),
+        "no full sync started"
+    );
+    proxy.stall();
+    // Refused while the sync holds the slot; it must be free again after repl-timeout.
+    let mut last = String::new();
+    assert!(
+        eventually(WITHIN, || {
+            last = p.cmd_text(&["BGREWRITEAOF"]);
+            last == REWRITE_STARTED
+        }),
+        "the snapshot slot stayed taken: BGREWRITEAOF answers {last:?}"
+    );
+    wait_rewrites(&mut p, 1);
+    assert!(
+        primary
+            .log_text()
+            .contains("the replica read nothing for 2 seconds"),
+        "the primary does not say why it gave the replica up:\n{}",
+        warnings(&primary)
+    );
+}
+
 /// A link down for longer than the backlog covers comes back with a full sync.
 #[test]
 fn a_link_down_past_the_backlog_syncs_in_full() {

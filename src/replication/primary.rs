@@ -51,8 +51,23 @@ enum LinkError {
     Lost(usize),
     #[error("no acknowledgement for {0} seconds")]
     Timeout(u64),
+    #[error("the replica read nothing for {0} seconds")]
+    Stalled(u64),
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+/// Writes `bytes` to the replica, giving up after `repl-timeout` seconds: a replica that stops
+/// reading (its socket buffers full) must not hold the link, nor during a full sync the
+/// snapshot slot that rewrites and other syncs wait for, forever.
+async fn send(shard: &Shard, writer: &mut TcpStream, bytes: &[u8]) -> Result<(), LinkError> {
+    let limit_s = shard.config().repl_timeout_s.max(1);
+    let write = async { writer.write_all(bytes).await.map_err(LinkError::from) };
+    let limit = async {
+        glommio::timer::sleep(Duration::from_secs(limit_s)).await;
+        Err(LinkError::Stalled(limit_s))
+    };
+    futures_lite::future::or(write, limit).await
 }
 
 /// Writes a RESP array of bulk strings.
@@ -142,9 +157,7 @@ async fn stream_to(
     let replid = shard.server.replication.replids().0;
     let from = match partial_from(shard, psync, &replid).await? {
         Some(from) => {
-            writer
-                .write_all(format!("+CONTINUE {replid}\r\n").as_bytes())
-                .await?;
+            send(shard, writer, format!("+CONTINUE {replid}\r\n").as_bytes()).await?;
             replica.set_online();
             log::info!("Partial resynchronization accepted, from {from:?}");
             from
@@ -239,9 +252,8 @@ async fn full_sync(
         "Starting a full sync of {} shard(s) at {cuts:?}",
         cuts.len()
     );
-    writer
-        .write_all(format!("+FULLRESYNC {replid} {}\r\n", format_positions(&cuts)).as_bytes())
-        .await?;
+    let fullresync = format!("+FULLRESYNC {replid} {}\r\n", format_positions(&cuts));
+    send(home, writer, fullresync.as_bytes()).await?;
     let mut message = Vec::new();
     for s in 0..home.count() {
         let index = s.to_string();
@@ -270,7 +282,7 @@ async fn full_sync(
             if !records.is_empty() {
                 message.clear();
                 put_message(&mut message, &[b"SNAP", index.as_bytes(), &records]);
-                writer.write_all(&message).await?;
+                send(home, writer, &message).await?;
             }
             if complete {
                 break;
@@ -280,7 +292,7 @@ async fn full_sync(
     }
     message.clear();
     put_message(&mut message, &[b"SYNCED"]);
-    writer.write_all(&message).await?;
+    send(home, writer, &message).await?;
     drop(claim);
     replica.set_online();
     log::info!("Synchronization with replica succeeded");
@@ -422,7 +434,7 @@ async fn live(
         } else if pending.is_empty() {
             put_message(&mut pending, &[b"PING"]);
         }
-        writer.write_all(&pending).await?;
+        send(home, writer, &pending).await?;
         let silent_ms = crate::server::state::unix_ms() - replica.last_ack_ms();
         let limit_s = config.repl_timeout_s;
         if silent_ms > i64::try_from(limit_s.saturating_mul(1000)).unwrap_or(i64::MAX) {
