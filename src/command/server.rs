@@ -141,9 +141,13 @@ fn bgrewriteaof(session: &mut Session, _args: &Args) -> CommandResult {
         ));
     }
     if !status.try_begin() {
-        return Err(CommandError::err(
-            "Background append only file rewriting already in progress",
-        ));
+        // A replica's full sync holds the keyspace snapshots: the cron starts the rewrite
+        // once they are free, as Valkey does while a child process runs.
+        status.schedule();
+        session
+            .out
+            .simple("Background append only file rewriting scheduled");
+        return Ok(());
     }
     glommio::spawn_local(rewrite::run(
         Rc::clone(&session.shard),

@@ -44,7 +44,20 @@ fn tick(shard: &Rc<Shard>, period: Duration) {
 fn start_rewrites(shard: &Rc<Shard>) {
     let config = shard.config();
     let status = &shard.server.rewrite;
-    if !config.appendonly || status.in_progress() || !status.auto_allowed(unix_ms()) {
+    if !config.appendonly || status.in_progress() {
+        return;
+    }
+    if shard.index() == 0 && status.try_begin_scheduled() {
+        log::info!("Starting the scheduled rewrite of the AOF");
+        glommio::spawn_local(rewrite::run(
+            Rc::clone(shard),
+            Purpose::Compact,
+            Shards::All,
+        ))
+        .detach();
+        return;
+    }
+    if !status.auto_allowed(unix_ms()) {
         return;
     }
     let purpose = match shard.with_aof(|a| {

@@ -85,6 +85,9 @@ pub struct RewriteStatus {
     in_progress: AtomicBool,
     /// A replica's full sync is taking its snapshot.
     syncing: AtomicBool,
+    /// BGREWRITEAOF came while a sync held the snapshots: the cron starts it once they are
+    /// free (Valkey's `aof_rewrite_scheduled`).
+    scheduled: AtomicBool,
     /// The log is being turned off: nothing may start until it is.
     stopping: AtomicBool,
     /// The log is being turned on: until its bases are written, earlier writes are on no disk.
@@ -106,6 +109,7 @@ impl Default for RewriteStatus {
         RewriteStatus {
             in_progress: AtomicBool::new(false),
             syncing: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             turning_on: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
@@ -161,6 +165,25 @@ impl RewriteStatus {
             self.syncing.store(false, Ordering::SeqCst);
             return false;
         }
+        true
+    }
+
+    /// Asks for a rewrite of every shard as soon as the snapshots are free.
+    pub fn schedule(&self) {
+        self.scheduled.store(true, Ordering::Release);
+    }
+
+    pub fn scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Acquire)
+    }
+
+    /// Claims the rewrite slot for the scheduled rewrite, if one is scheduled and the slot is
+    /// free; the schedule is then consumed.
+    pub fn try_begin_scheduled(&self) -> bool {
+        if !self.scheduled() || !self.try_begin() {
+            return false;
+        }
+        self.scheduled.store(false, Ordering::Release);
         true
     }
 

@@ -428,7 +428,9 @@ fn persistence_section(
         i64::from(rewrite.in_progress())
     );
     // A log that should run but does not yet (its start failed) is started again by the cron.
-    let scheduled = config.appendonly && logs.len() < shards.len() && !rewrite.in_progress();
+    let scheduled = config.appendonly
+        && !rewrite.in_progress()
+        && (logs.len() < shards.len() || rewrite.scheduled());
     field!(out, "aof_rewrite_scheduled", i64::from(scheduled));
     field!(out, "aof_last_rewrite_time_sec", rewrite.last_seconds());
     field!(
