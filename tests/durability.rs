@@ -590,9 +590,14 @@ fn written_log_bytes_do_not_pile_up_in_memory_in_no_and_everysec() {
                 assert_eq!(text(&raw.reply()), "+OK\r\n");
             }
         }
-        let grown = used(&mut raw).saturating_sub(before);
+        // Buffers of the last writes in flight go within moments; what stays is bounded by
+        // the 8 MiB sync threshold (a buffer up to twice that), not by the 48 MiB written.
+        let mut grown = 0;
         assert!(
-            grown < 24 << 20,
+            eventually(WITHIN, || {
+                grown = used(&mut raw).saturating_sub(before);
+                grown < 24 << 20
+            }),
             "{mode}: used_memory grew by {grown} bytes after 48 MiB of overwrites of one key"
         );
         let log = logs(&mut raw).remove(0);
