@@ -895,6 +895,8 @@ fn a_replica_that_stops_reading_during_its_full_sync_frees_the_snapshot_slot() {
         }
     }
     let proxy = Proxy::start(primary.port);
+    // Slow enough that the sync is still streaming when the network goes silent.
+    proxy.set_delay(Duration::from_millis(20));
     let _replica = start(1, &strs(&logged_replica_args(proxy.port, &[])));
     assert!(
         eventually(WITHIN, || log_count(&primary, FULL_SYNC) == 1),

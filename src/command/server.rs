@@ -42,7 +42,7 @@ pub static HANDLERS: &[(&str, Handler)] = &[
     ("flushall", Handler::Coord(flushall)),
     ("swapdb", Handler::Coord(swapdb)),
     ("shutdown", Handler::Coord(shutdown)),
-    ("debug", Handler::Conn(debug)),
+    ("debug", Handler::Coord(debug)),
     ("waitaof", Handler::Coord(waitaof)),
     ("bgrewriteaof", Handler::Conn(bgrewriteaof)),
 ];
@@ -617,7 +617,19 @@ fn shutdown(session: &mut Session, args: Args) -> CoordFuture<'_> {
     })
 }
 
-fn debug(session: &mut Session, args: &Args) -> CommandResult {
+fn debug(session: &mut Session, args: Args) -> CoordFuture<'_> {
+    Box::pin(async move {
+        debug_allowed(session)?;
+        #[cfg(feature = "fault-injection")]
+        if args.is(1, "fault") {
+            return debug_fault(session, &args).await;
+        }
+        debug_now(session, &args)
+    })
+}
+
+/// `enable-debug-command`: Valkey's refusal unless allowed for this connection.
+fn debug_allowed(session: &Session) -> CommandResult {
     let allowed = match session.shard.config().enable_debug_command {
         DebugAccess::Yes => true,
         DebugAccess::No => false,
@@ -630,6 +642,11 @@ fn debug(session: &mut Session, args: &Args) -> CommandResult {
              the configuration file, and then restart the server.",
         ));
     }
+    Ok(())
+}
+
+/// The DEBUG subcommands that need no other shard.
+fn debug_now(session: &mut Session, args: &Args) -> CommandResult {
     if args.is(1, "sleep") && args.len() == 3 {
         // Valkey reads the duration with strtod: anything unparsable sleeps for 0 seconds.
         let seconds = parse_float(args.get(2)).unwrap_or(0.0).max(0.0);
@@ -637,10 +654,6 @@ fn debug(session: &mut Session, args: &Args) -> CommandResult {
         std::thread::sleep(Duration::from_secs_f64(seconds.min(1e9)));
         session.out.ok();
         return Ok(());
-    }
-    #[cfg(feature = "fault-injection")]
-    if args.is(1, "fault") {
-        return debug_fault(session, args);
     }
     if args.is(1, "help") && args.len() == 2 {
         session.reply_help(
@@ -787,7 +800,7 @@ fn waitaof(session: &mut Session, args: Args) -> CoordFuture<'_> {
 
 /// `DEBUG FAULT <shard> stall|resume|fail-write|fail-sync [count] [EIO|ENOSPC]` (tests only).
 #[cfg(feature = "fault-injection")]
-fn debug_fault(session: &mut Session, args: &Args) -> CommandResult {
+async fn debug_fault(session: &mut Session, args: &Args) -> CommandResult {
     let shard = args
         .text(2)
         .parse::<usize>()
@@ -808,7 +821,8 @@ fn debug_fault(session: &mut Session, args: &Args) -> CommandResult {
     if !["stall", "resume", "fail-write", "fail-sync"].contains(&action.as_str()) {
         return Err(CommandError::Syntax);
     }
-    session.shard.post(shard, move |_| {
+    // Armed before the reply: the next command of the test already meets the fault.
+    let armed = session.shard.call(shard, move |_| {
         crate::storage::faults::with(|f| match action.as_str() {
             "stall" => f.stall = true,
             "resume" => f.stall = false,
@@ -822,6 +836,9 @@ fn debug_fault(session: &mut Session, args: &Args) -> CommandResult {
             }
         })
     });
+    armed
+        .await
+        .map_err(|_| CommandError::err("the shard did not answer"))?;
     session.out.ok();
     Ok(())
 }
