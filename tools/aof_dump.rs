@@ -20,13 +20,9 @@ use corekv::storage::manifest::Manifest;
 use corekv::storage::recovery::{replay, scan_chain, Board};
 
 fn resp(out: &mut impl Write, args: &[&[u8]]) -> std::io::Result<()> {
-    write!(out, "*{}\r\n", args.len())?;
-    for a in args {
-        write!(out, "${}\r\n", a.len())?;
-        out.write_all(a)?;
-        out.write_all(b"\r\n")?;
-    }
-    Ok(())
+    let mut request = Vec::new();
+    corekv::protocol::encode_request(&mut request, args);
+    out.write_all(&request)
 }
 
 fn run(dir: PathBuf, databases: usize) -> Result<(), String> {

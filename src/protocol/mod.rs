@@ -10,6 +10,21 @@ use smallvec::SmallVec;
 pub use parser::{ParseLimits, Parsed, ProtocolError, RequestParser};
 pub use reply::{Protocol, ReplyBuf};
 
+/// Appends one request, a RESP array of bulk strings, as clients send commands (also the
+/// replication stream's message framing).
+pub fn encode_request(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    out.push(b'*');
+    out.extend_from_slice(itoa::Buffer::new().format(parts.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for part in parts {
+        out.push(b'$');
+        out.extend_from_slice(itoa::Buffer::new().format(part.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Arguments kept inline before the span list spills to the heap.
 const ARGS_INLINE_COUNT: usize = 5;
 

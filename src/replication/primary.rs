@@ -26,7 +26,7 @@ use glommio::net::TcpStream;
 
 use super::backlog::Read;
 use super::state::ConnectedReplica;
-use crate::protocol::{Args, ParseLimits, Parsed, RequestParser};
+use crate::protocol::{encode_request, Args, ParseLimits, Parsed, RequestParser};
 use crate::server::clients::ClientInfo;
 use crate::shard::mesh::{Outcome, Payload};
 use crate::shard::tx::Transaction;
@@ -68,20 +68,6 @@ async fn send(shard: &Shard, writer: &mut TcpStream, bytes: &[u8]) -> Result<(),
         Err(LinkError::Stalled(limit_s))
     };
     futures_lite::future::or(write, limit).await
-}
-
-/// Writes a RESP array of bulk strings.
-pub fn put_message(out: &mut Vec<u8>, parts: &[&[u8]]) {
-    out.push(b'*');
-    out.extend_from_slice(itoa::Buffer::new().format(parts.len()).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for part in parts {
-        out.push(b'$');
-        out.extend_from_slice(itoa::Buffer::new().format(part.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(part);
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 /// Comma-separated positions, one per shard.
@@ -281,7 +267,7 @@ async fn full_sync(
                 .map_err(|_| LinkError::Mesh)?;
             if !records.is_empty() {
                 message.clear();
-                put_message(&mut message, &[b"SNAP", index.as_bytes(), &records]);
+                encode_request(&mut message, &[b"SNAP", index.as_bytes(), &records]);
                 send(home, writer, &message).await?;
             }
             if complete {
@@ -291,7 +277,7 @@ async fn full_sync(
         }
     }
     message.clear();
-    put_message(&mut message, &[b"SYNCED"]);
+    encode_request(&mut message, &[b"SYNCED"]);
     send(home, writer, &message).await?;
     drop(claim);
     replica.set_online();
@@ -430,9 +416,9 @@ async fn live(
             }
         }
         if replica.take_getack(&sent) {
-            put_message(&mut pending, &[b"REPLCONF", b"GETACK", b"*"]);
+            encode_request(&mut pending, &[b"REPLCONF", b"GETACK", b"*"]);
         } else if pending.is_empty() {
-            put_message(&mut pending, &[b"PING"]);
+            encode_request(&mut pending, &[b"PING"]);
         }
         send(home, writer, &pending).await?;
         let silent_ms = crate::server::state::unix_ms() - replica.last_ack_ms();
@@ -479,7 +465,7 @@ async fn read_shard(
         match read {
             Ok(Read::Records { start, bytes }) => {
                 let mut message = Vec::with_capacity(bytes.len() + 64);
-                put_message(
+                encode_request(
                     &mut message,
                     &[
                         b"LOG",

@@ -25,9 +25,10 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::primary::{format_positions, parse_positions, put_message};
+use super::primary::{format_positions, parse_positions};
 use super::state::PrimaryAddr;
 use crate::command::table::Registry;
+use crate::protocol::encode_request;
 use crate::protocol::{Args, ParseLimits, Parsed, RequestParser};
 use crate::server::clients::ClientInfo;
 use crate::server::session::Session;
@@ -209,7 +210,7 @@ impl Input {
 
 async fn send(writer: &mut TcpStream, parts: &[&[u8]]) -> Result<(), LinkError> {
     let mut message = Vec::new();
-    put_message(&mut message, parts);
+    encode_request(&mut message, parts);
     writer.write_all(&message).await?;
     Ok(())
 }

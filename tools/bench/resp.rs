@@ -54,12 +54,8 @@ impl Requests {
 
 /// Encodes one command as a RESP multibulk request.
 pub fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut out = Vec::new();
+    corekv::protocol::encode_request(&mut out, args);
     out
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::results::{Results, Run};
+use crate::results::{ratio, Results, Run};
 use crate::targets::Target;
 
 /// AOF settings in the order the report lists them.
@@ -53,13 +53,6 @@ pub fn thousands(v: i64) -> String {
         out.insert(0, '-');
     }
     out
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
 }
 
 fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {

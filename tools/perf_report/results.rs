@@ -47,6 +47,14 @@ impl Run {
     }
 }
 
+/// `a / b` when both were measured and `b` is not zero.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
 /// Memory per key after loading keys into an empty server.
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {

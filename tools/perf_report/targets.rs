@@ -1,7 +1,7 @@
 //! The targets the project set itself, each checked against this run's measurements. Every
 //! target has a row: one the run did not measure says so and counts as not met.
 
-use crate::results::Results;
+use crate::results::{ratio, Results};
 
 /// One target and what this run measured for it.
 #[derive(Debug, Clone)]
@@ -26,13 +26,6 @@ impl Target {
             met: measured.as_ref().is_some_and(|(r, _)| ok(*r)),
             measured: measured.map(|(r, how)| format!("{r:.2} ({how})")),
         }
-    }
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
     }
 }
 
