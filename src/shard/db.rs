@@ -109,6 +109,17 @@ impl Db {
         self.snapshot = None;
     }
 
+    /// Sizes an empty keyspace for `count` keys (before loading a log that writes about as
+    /// many).
+    pub fn reserve_keys(&mut self, count: usize) {
+        self.keys.reserve(count);
+    }
+
+    /// Hints the CPU to bring in where a write of `key` will look (see [`Dict::prefetch`]).
+    pub fn prefetch_key(&self, key: &[u8], chain: bool) {
+        self.keys.prefetch(key, chain);
+    }
+
     /// While loading, nothing expires.
     pub fn set_loading(&mut self, loading: bool) {
         self.loading = loading;
@@ -200,6 +211,11 @@ impl Db {
         self.preserve(key);
         self.changes += 1;
         self.keys.insert(SmallBytes::new(key), value);
+        if self.loading {
+            // No client waits while loading: a resize done at once costs less than one spread
+            // over the inserts that follow (each of them would probe both tables).
+            self.keys.rehash(usize::MAX);
+        }
         if !keep_ttl && !self.expires.is_empty() {
             self.expires.remove(key);
         }

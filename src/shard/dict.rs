@@ -66,6 +66,21 @@ fn hash_key(key: &[u8]) -> u64 {
     hasher().hash_one(key)
 }
 
+/// Hints the CPU to bring `value`'s cache line in.
+#[inline]
+fn prefetch_read<T>(value: &T) {
+    // SAFETY: a prefetch never faults or changes memory, whatever the address; SSE is part
+    // of every x86_64 CPU.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            std::ptr::from_ref(value).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// A hash table from byte-string keys to `V`.
 pub struct Dict<V> {
     /// `tables[0]` is the table in use; while rehashing, entries move from it to `tables[1]`.
@@ -120,6 +135,22 @@ impl<V> Dict<V> {
             }
             None
         })
+    }
+
+    /// Asks the CPU to start loading where an insert of `key` will look: its bucket, and with
+    /// `chain`, the bucket's first entry (the bucket must be in cache by then, or this waits
+    /// for it). Only a hint: a loader that knows its next keys overlaps their cache misses.
+    pub fn prefetch(&self, key: &[u8], chain: bool) {
+        let table = &self.tables[usize::from(self.is_rehashing())];
+        let Some(bucket) = table.buckets.get(table.bucket_of(hash_key(key))) else {
+            return;
+        };
+        // `chain` is tested first: reading the bucket is the wait a first hint avoids.
+        if !chain {
+            prefetch_read(bucket);
+        } else if let Some(node) = bucket {
+            prefetch_read(&**node);
+        }
     }
 
     pub fn contains_key(&self, key: &[u8]) -> bool {
@@ -213,6 +244,15 @@ impl<V> Dict<V> {
             self.rehash_step();
         }
         self.is_rehashing()
+    }
+
+    /// Sizes an empty table for `count` entries at once, so that filling it needs no resize
+    /// (loading a log). A table that holds entries is left as it is; one sized too large
+    /// shrinks later like any mostly empty table.
+    pub fn reserve(&mut self, count: usize) {
+        if self.is_empty() && !self.is_rehashing() && count > self.tables[0].buckets.len() {
+            self.tables[0] = Table::with_buckets(count.next_power_of_two());
+        }
     }
 
     /// Starts a shrink when the table is mostly empty (the background tick calls this too,
@@ -470,6 +510,25 @@ mod tests {
             "shrunk to {}",
             dict.bucket_count()
         );
+    }
+
+    #[test]
+    fn reserve_sizes_an_empty_table_once() {
+        let mut d = Dict::new();
+        d.reserve(1000);
+        assert_eq!(d.bucket_count(), 1024);
+        for i in 0..1000 {
+            d.insert(key(i), i);
+        }
+        assert!(!d.is_rehashing());
+        assert_eq!(d.bucket_count(), 1024);
+        d.reserve(1 << 20);
+        assert_eq!(
+            d.bucket_count(),
+            1024,
+            "a table with entries keeps its size"
+        );
+        assert_eq!(d.get(key(999).as_slice()), Some(&999));
     }
 
     #[test]

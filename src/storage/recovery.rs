@@ -10,7 +10,7 @@
 //!    in a deterministic form); a transaction part is applied only if every shard it wrote on
 //!    holds its part too, so a cross-shard transaction is all or nothing after a crash.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Barrier, Mutex};
 use std::time::Instant;
@@ -180,12 +180,35 @@ pub fn replay(
     dbs: &mut [Db],
     config: &Config,
 ) -> Result<u64, RecoveryError> {
+    // Sized once up front: growing a table of millions of keys step by step while loading
+    // costs more than the inserts themselves. Transient when the log rewrote the same keys
+    // over and over: the table shrinks after loading, like any mostly empty one.
+    for (&db, &writes) in &scan.writes_per_db {
+        if let Some(db) = dbs.get_mut(db as usize) {
+            db.reserve_keys(usize::try_from(writes).unwrap_or(usize::MAX));
+        }
+    }
     let mut replay = Replay::new(dbs, config);
     if let Some(base) = &chain.base {
         load_base(scan.shard, &dir.join(&base.file), &mut replay)?;
     }
     let mut skipped = 0;
-    for record in scan.iter() {
+    let mut records = scan.iter();
+    // Records decoded ahead of the one applied, so the cache misses of their keys' buckets
+    // (and then of the buckets' first entries) overlap instead of following one another.
+    let mut ahead = VecDeque::with_capacity(PREFETCH_AHEAD);
+    ahead.extend(records.by_ref().take(PREFETCH_AHEAD));
+    for record in ahead.iter() {
+        prefetch_keys(replay.dbs, record, false);
+    }
+    while let Some(record) = ahead.pop_front() {
+        if let Some(next) = records.next() {
+            prefetch_keys(replay.dbs, &next, false);
+            ahead.push_back(next);
+        }
+        if let Some(soon) = ahead.get(PREFETCH_AHEAD / 2) {
+            prefetch_keys(replay.dbs, soon, true);
+        }
         match &record.body {
             Body::Commands(commands) => replay.commands(commands),
             Body::TxPart {
@@ -207,6 +230,27 @@ pub fn replay(
     Ok(skipped)
 }
 
+/// How many records replay decodes ahead of the one it applies.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Hints where applying `record` will look: the first key of each command (where keyed
+/// commands have it) or the key of a key state.
+fn prefetch_keys(dbs: &[Db], record: &Record, chain: bool) {
+    let hint = |db: u32, key: &[u8]| {
+        if let Some(db) = dbs.get(db as usize) {
+            db.prefetch_key(key, chain);
+        }
+    };
+    match &record.body {
+        Body::Commands(commands) | Body::TxPart { commands, .. } => {
+            for c in commands.iter().filter(|c| c.args.len() > 1) {
+                hint(c.db, c.args.get(1));
+            }
+        }
+        Body::KeyState(state) => hint(state.db, &state.key),
+    }
+}
+
 /// A shard's chain, read and checked.
 pub struct Scan {
     /// The shard whose chain this is.
@@ -216,6 +260,9 @@ pub struct Scan {
     /// The segments' valid bytes (records are decoded again for replay rather than kept
     /// decoded: a log of millions of small records would need several times its size).
     segments: Vec<SegmentData>,
+    /// Key writes per database (commands and key states), to size each keyspace before
+    /// replaying: an upper bound on the keys it will hold, exact for a log of distinct SETs.
+    pub writes_per_db: HashMap<u32, u64>,
     /// The cross-shard transactions it holds a part of.
     pub tags: HashSet<TxTag>,
     /// Log position after the last valid record.
@@ -225,6 +272,12 @@ pub struct Scan {
 }
 
 impl Scan {
+    fn count_writes(&mut self, commands: &[LoggedCommand]) {
+        for c in commands {
+            *self.writes_per_db.entry(c.db).or_default() += 1;
+        }
+    }
+
     /// Keeps the first `valid` bytes of a scanned segment for replay.
     fn keep(&mut self, seg: &SegmentData, valid: usize) {
         self.segments.push(SegmentData {
@@ -275,12 +328,12 @@ fn read_records(path: &Path, shard: usize, start: u64) -> Result<Bytes, Recovery
         file: path.to_path_buf(),
         reason,
     };
-    let bytes = segment::read_used(path).map_err(|e| file_error(e.to_string()))?;
+    let bytes = segment::map_used(path).map_err(|e| file_error(e.to_string()))?;
     let header = bytes
         .get(..HEADER_BYTES as usize)
         .ok_or_else(|| file_error("shorter than a segment header".to_string()))?;
     segment::check_header(header, shard, start).map_err(file_error)?;
-    Ok(Bytes::from(bytes).slice(HEADER_BYTES as usize..))
+    Ok(bytes.slice(HEADER_BYTES as usize..))
 }
 
 /// Reads and checks a shard's chain. A torn tail ends the scan (or is an error if
@@ -300,6 +353,7 @@ pub fn scan_chain(
         shard,
         records: 0,
         segments: Vec::new(),
+        writes_per_db: HashMap::new(),
         tags: HashSet::new(),
         end: segments.first().map_or(0, |s| s.start),
         last_batch: 0,
@@ -326,8 +380,15 @@ pub fn scan_chain(
             };
             match read {
                 Read::Record(record, len) => {
-                    if let Body::TxPart { tx, .. } = &record.body {
-                        result.tags.insert(*tx);
+                    match &record.body {
+                        Body::Commands(commands) => result.count_writes(commands),
+                        Body::TxPart { tx, commands, .. } => {
+                            result.tags.insert(*tx);
+                            result.count_writes(commands);
+                        }
+                        Body::KeyState(state) => {
+                            *result.writes_per_db.entry(state.db).or_default() += 1;
+                        }
                     }
                     result.last_batch = record.batch;
                     result.records += 1;

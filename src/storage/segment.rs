@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::GlommioError;
 
@@ -99,47 +100,51 @@ pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads a segment up to the end of its records, following their lengths, without the zeros
-/// preallocated after them. Anything that does not look like a record makes it read the whole
-/// file, so that recovery can tell a torn tail from corruption.
-pub fn read_used(path: &Path) -> std::io::Result<Vec<u8>> {
-    const CHUNK: u64 = 1024 * 1024;
-    let mut file = File::open(path)?;
-    // Address space for the whole file, so growing never copies; untouched pages cost nothing.
-    let size = usize::try_from(file.metadata()?.len()).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(size);
-    let mut eof = false;
-    let mut fill = |bytes: &mut Vec<u8>, wanted: usize| -> std::io::Result<bool> {
-        while bytes.len() < wanted && !eof {
-            let more = (wanted - bytes.len()) as u64;
-            let read = (&mut file).take(more.max(CHUNK)).read_to_end(bytes)?;
-            eof = read == 0;
-        }
-        Ok(bytes.len() >= wanted)
-    };
+/// Maps a segment (or base) file and returns it up to the end of its records, following their
+/// lengths, without the zeros preallocated after them. Anything that does not look like a
+/// record makes it return the whole file, so that recovery can tell a torn tail from
+/// corruption.
+///
+/// Mapped rather than read: a log of gigabytes is not copied into as much fresh memory (which
+/// the kernel must zero first) only to be decoded once and dropped.
+pub fn map_used(path: &Path) -> std::io::Result<Bytes> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the mapping is read-only and lives only while the log is loaded. Only this
+    // process writes the log (the data directory is locked), and it writes nothing before
+    // loading is over; a file changed under the mapping by someone else would end the process
+    // (SIGBUS), not corrupt memory.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    // Only a hint: loading reads the records in order, once.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let used = used_len(&map);
+    Ok(Bytes::from_owner(map).slice(..used))
+}
+
+/// How much of a segment file recovery needs: up to the end of its records and a window of
+/// the zeros after them; the whole file if anything there does not look like a record.
+fn used_len(bytes: &[u8]) -> usize {
+    /// Zeros checked after the last record before taking it as the end.
+    const ZEROS_CHECKED: usize = 1024 * 1024;
     let mut at = HEADER_BYTES as usize;
     loop {
-        if !fill(&mut bytes, at + super::record::HEADER_BYTES)? {
-            return Ok(bytes);
-        }
-        match super::record::frame(&bytes[at..at + super::record::HEADER_BYTES]) {
-            // Zeros up to the end of what was read: the end of the records. Data after zeros
-            // is damage: read everything.
-            super::record::Frame::End if bytes[at..].iter().all(|&b| b == 0) => return Ok(bytes),
+        let Some(head) = bytes.get(at..at + super::record::HEADER_BYTES) else {
+            return bytes.len();
+        };
+        match super::record::frame(head) {
             super::record::Frame::End => {
-                fill(&mut bytes, usize::MAX)?;
-                return Ok(bytes);
+                let window = bytes.len().min(at + ZEROS_CHECKED);
+                // Data after zeros is damage: recovery looks at everything.
+                return if bytes[at..window].iter().all(|&b| b == 0) {
+                    window
+                } else {
+                    bytes.len()
+                };
             }
-            super::record::Frame::Record(len) => {
-                if !fill(&mut bytes, at + len)? {
-                    return Ok(bytes);
-                }
-                at += len;
-            }
-            super::record::Frame::Garbage => {
-                fill(&mut bytes, usize::MAX)?;
-                return Ok(bytes);
-            }
+            super::record::Frame::Record(len) if at + len <= bytes.len() => at += len,
+            super::record::Frame::Record(_) | super::record::Frame::Garbage => return bytes.len(),
         }
     }
 }
@@ -322,5 +327,62 @@ impl SegmentWriter {
     /// fdatasync: everything written so far is on stable storage when this returns Ok.
     pub async fn sync(&self) -> std::io::Result<()> {
         self.file.fdatasync().await.map_err(io_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Args;
+
+    fn segment_with_records(count: usize) -> Vec<u8> {
+        let mut bytes = header(0, 0);
+        let args = Args::from_vecs(["SET", "k", "v"]);
+        let mut position = 0;
+        for _ in 0..count {
+            let mut record = Vec::new();
+            let len = super::super::record::encode_commands(
+                &mut record,
+                position,
+                1,
+                std::iter::once((0, &args)),
+            );
+            position += len as u64;
+            bytes.extend_from_slice(&record);
+        }
+        bytes
+    }
+
+    #[test]
+    fn used_part_ends_after_the_records_and_a_window_of_zeros() {
+        let records = segment_with_records(3);
+        let mut file = records.clone();
+        file.resize(records.len() + 4 * 1024 * 1024, 0);
+        let used = used_len(&file);
+        assert_eq!(used, records.len() + 1024 * 1024);
+        assert_eq!(
+            used_len(&records),
+            records.len(),
+            "no zeros after the records"
+        );
+    }
+
+    #[test]
+    fn anything_unlike_a_record_takes_the_whole_file() {
+        let records = segment_with_records(3);
+        let mut damaged = records.clone();
+        damaged.resize(records.len() + 4 * 1024 * 1024, 0);
+        damaged[records.len() + 1000] = 1;
+        assert_eq!(used_len(&damaged), damaged.len(), "data after zeros");
+        let mut garbage = records.clone();
+        garbage.extend_from_slice(&[0, 0, 0, 0, 7]);
+        garbage.resize(records.len() + 8192, 0);
+        assert_eq!(
+            used_len(&garbage),
+            garbage.len(),
+            "a header that is not a record"
+        );
+        let cut = &records[..records.len() - 2];
+        assert_eq!(used_len(cut), cut.len(), "a record cut short");
     }
 }
