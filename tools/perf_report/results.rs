@@ -185,6 +185,28 @@ impl Results {
             .find(|r| r.system == system && r.mode == mode && r.scenario == scenario)
     }
 
+    /// The median CPU per request over every run of `scenario` (a scenario run several times
+    /// in turn with another, to compare the two beyond run-to-run noise); with the count.
+    pub fn cpu_median(&self, system: &str, mode: &str, scenario: &str) -> Option<(f64, usize)> {
+        let mut values: Vec<f64> = self
+            .runs
+            .iter()
+            .filter(|r| r.system == system && r.mode == mode && r.scenario == scenario)
+            .filter_map(Run::cpu_us_per_request)
+            .collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        let median = if values.len() % 2 == 1 {
+            values[mid]
+        } else {
+            (values[mid - 1] + values[mid]) / 2.0
+        };
+        Some((median, values.len()))
+    }
+
     pub fn throughput(&self, system: &str, mode: &str, scenario: &str) -> Option<f64> {
         self.run(system, mode, scenario).map(|r| r.throughput)
     }
@@ -302,6 +324,17 @@ mod tests {
     }
 
     const RUN: &str = r#"{"system":"corekv","mode":"always","scenario":"set","cpu_s":1.5,"wall_s":2,"fsyncs":10,"records_synced":100,"batch":{"p50":8,"p99":20,"max":21},"bench":{"requests":1000,"throughput_rps":500,"latency_us":{"p50":1,"p99":2,"p99_9":3,"p99_99":4,"max":5},"percentile_curve":[[50,1],[100,5]],"errors":0,"missed_acks":0}}"#;
+
+    #[test]
+    fn cpu_median_takes_every_run_of_a_scenario() {
+        let line = |cpu: f64| RUN.replace(r#""cpu_s":1.5"#, &format!(r#""cpu_s":{cpu}"#));
+        let r = results(&[&line(1.0), &line(9.0), &line(2.0)]).expect("valid results");
+        // 1000 requests each: 1, 9 and 2 s of CPU make 1000, 9000 and 2000 µs per request.
+        assert_eq!(r.cpu_median("corekv", "always", "set"), Some((2000.0, 3)));
+        let r = results(&[&line(1.0), &line(3.0)]).expect("valid results");
+        assert_eq!(r.cpu_median("corekv", "always", "set"), Some((2000.0, 2)));
+        assert_eq!(r.cpu_median("corekv", "always", "get"), None);
+    }
 
     #[test]
     fn reads_every_kind_of_line() {
