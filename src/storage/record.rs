@@ -104,10 +104,10 @@ pub enum Invalid {
     Hole,
 }
 
-/// Result of reading at one position.
+/// Result of reading at one position: a record (decoded, or only checked) and its length.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Read {
-    Record(Record, usize),
+pub enum Read<R = Record> {
+    Record(R, usize),
     /// Zero length: no record here (the end of written data).
     End,
     Invalid(Invalid),
@@ -260,28 +260,100 @@ impl Cursor<'_> {
         Some((s, s + len))
     }
 
-    fn bytes(&mut self) -> Option<Bytes> {
-        let (s, e) = self.span()?;
-        Some(self.buf.slice(s..e))
-    }
-
-    fn commands(&mut self) -> Option<Vec<LoggedCommand>> {
+    /// Reads a list of commands, making each with `make` (database, argument spans).
+    fn commands<C>(&mut self, mut make: impl FnMut(u32, &[(usize, usize)]) -> C) -> Option<Vec<C>> {
         let count = self.u32()?;
         let mut commands = Vec::with_capacity(count.min(1024) as usize);
+        let mut spans = Vec::new();
         for _ in 0..count {
             let db = self.u32()?;
             let argc = self.u32()?;
-            let mut spans = Vec::with_capacity(argc.min(1024) as usize);
+            spans.clear();
             for _ in 0..argc {
                 spans.push(self.span()?);
             }
-            commands.push(LoggedCommand {
-                db,
-                args: Args::from_spans(self.buf, &spans),
-            });
+            commands.push(make(db, &spans));
         }
         Some(commands)
     }
+
+    /// Reads a body of `kind`, making each command with `make`.
+    fn body<C>(
+        &mut self,
+        kind: u8,
+        make: impl FnMut(u32, &[(usize, usize)]) -> C,
+    ) -> Option<BodyOf<C>> {
+        match kind {
+            KIND_COMMANDS => self.commands(make).map(BodyOf::Commands),
+            KIND_TX_PART => {
+                let tx = TxTag {
+                    generation: self.u32()?,
+                    home: self.u16()?,
+                    sequence: self.u64()?,
+                };
+                let epoch = self.u64()?;
+                let n = self.u16()?;
+                let shards = (0..n).map(|_| self.u16()).collect::<Option<Vec<u16>>>()?;
+                let commands = self.commands(make)?;
+                Some(BodyOf::TxPart {
+                    tx,
+                    epoch,
+                    shards,
+                    commands,
+                })
+            }
+            KIND_KEY_STATE => {
+                let db = self.u32()?;
+                let key = self.span()?;
+                let expire = i64::from_le_bytes(self.buf[self.take(8)?..self.at].try_into().ok()?);
+                if self.u8()? != VALUE_STRING {
+                    return None;
+                }
+                let value = self.span()?;
+                Some(BodyOf::KeyState {
+                    db,
+                    key,
+                    expire_ms: (expire >= 0).then_some(expire),
+                    value,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A record body as read, before its commands and byte ranges become values.
+enum BodyOf<C> {
+    Commands(Vec<C>),
+    TxPart {
+        tx: TxTag,
+        epoch: u64,
+        shards: Vec<u16>,
+        commands: Vec<C>,
+    },
+    KeyState {
+        db: u32,
+        key: (usize, usize),
+        expire_ms: Option<i64>,
+        value: (usize, usize),
+    },
+}
+
+/// What recovery's scan needs of a record, checked like [`decode`] but without building its
+/// commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skimmed {
+    pub batch: u32,
+    /// The transaction, for a transaction part.
+    pub tx: Option<TxTag>,
+}
+
+/// A record's header, checked: its batch and kind, and a cursor over its body.
+struct Framed<'a> {
+    batch: u32,
+    kind: u8,
+    cursor: Cursor<'a>,
+    total: usize,
 }
 
 /// Reads the record at `buf[at..]`, which must have been written at log offset `position`.
@@ -313,89 +385,134 @@ pub fn frame(header: &[u8]) -> Frame {
 }
 
 pub fn decode(buf: &Bytes, at: usize, position: u64) -> Read {
+    decode_framed(buf, framed(buf, at, position, true), position)
+}
+
+/// Decodes a record that [`decode`] or [`skim`] already accepted in these same bytes, without
+/// computing its checksum again (recovery's replay, after its scan).
+pub fn decode_again(buf: &Bytes, at: usize, position: u64) -> Read {
+    decode_framed(buf, framed(buf, at, position, false), position)
+}
+
+fn decode_framed(buf: &Bytes, framed: Result<Framed<'_>, Read>, position: u64) -> Read {
+    let mut f = match framed {
+        Ok(f) => f,
+        Err(read) => return read,
+    };
+    let body = f.cursor.body(f.kind, |db, spans| LoggedCommand {
+        db,
+        args: Args::from_spans(buf, spans),
+    });
+    let body = match body {
+        Some(body) if f.cursor.at == f.cursor.end => body,
+        _ => return Read::Invalid(Invalid::Malformed),
+    };
+    let body = match body {
+        BodyOf::Commands(commands) => Body::Commands(commands),
+        BodyOf::TxPart {
+            tx,
+            epoch,
+            shards,
+            commands,
+        } => Body::TxPart {
+            tx,
+            epoch,
+            shards,
+            commands,
+        },
+        BodyOf::KeyState {
+            db,
+            key,
+            expire_ms,
+            value,
+        } => Body::KeyState(KeyState {
+            db,
+            key: buf.slice(key.0..key.1),
+            expire_ms,
+            value: StoredValue::String(buf.slice(value.0..value.1)),
+        }),
+    };
+    Read::Record(
+        Record {
+            position,
+            batch: f.batch,
+            body,
+        },
+        f.total,
+    )
+}
+
+/// Checks the record at `buf[at..]` exactly as [`decode`] does, calling `write(db)` for each
+/// command and key state it holds, without building them.
+pub fn skim(buf: &Bytes, at: usize, position: u64, mut write: impl FnMut(u32)) -> Read<Skimmed> {
+    let mut f = match framed(buf, at, position, true) {
+        Ok(f) => f,
+        Err(Read::End) => return Read::End,
+        Err(Read::Invalid(why)) => return Read::Invalid(why),
+        Err(Read::Record(..)) => return Read::Invalid(Invalid::Malformed),
+    };
+    // Reported only once the whole record checked out.
+    let mut writes = smallvec::SmallVec::<[u32; 4]>::new();
+    let body = f.cursor.body(f.kind, |db, _| writes.push(db));
+    let tx = match body {
+        Some(_) if f.cursor.at != f.cursor.end => return Read::Invalid(Invalid::Malformed),
+        None => return Read::Invalid(Invalid::Malformed),
+        Some(BodyOf::TxPart { tx, .. }) => Some(tx),
+        Some(BodyOf::KeyState { db, .. }) => {
+            writes.push(db);
+            None
+        }
+        Some(BodyOf::Commands(_)) => None,
+    };
+    writes.into_iter().for_each(&mut write);
+    Read::Record(Skimmed { batch: f.batch, tx }, f.total)
+}
+
+/// Checks the header of the record at `buf[at..]` (length, checksum unless `verify` is off,
+/// position); the end of the records or why there is no record there otherwise.
+fn framed(buf: &Bytes, at: usize, position: u64, verify: bool) -> Result<Framed<'_>, Read> {
     let Some(header) = buf.get(at..at + HEADER_BYTES) else {
-        return if buf
-            .get(at..)
-            .is_some_and(|rest| rest.iter().all(|&b| b == 0))
-        {
-            Read::End
-        } else {
-            Read::Invalid(Invalid::Truncated)
-        };
+        return Err(
+            if buf
+                .get(at..)
+                .is_some_and(|rest| rest.iter().all(|&b| b == 0))
+            {
+                Read::End
+            } else {
+                Read::Invalid(Invalid::Truncated)
+            },
+        );
     };
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     if len == 0 {
-        return if header.iter().all(|&b| b == 0) {
+        return Err(if header.iter().all(|&b| b == 0) {
             Read::End
         } else {
             Read::Invalid(Invalid::Checksum)
-        };
+        });
     }
     let total = HEADER_BYTES - 1 + len as usize;
     let Some(record) = buf.get(at..at + total) else {
-        return Read::Invalid(Invalid::Truncated);
+        return Err(Read::Invalid(Invalid::Truncated));
     };
     let stored_crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if checksum(len, &record[8..]) != stored_crc {
-        return Read::Invalid(Invalid::Checksum);
+    if verify && checksum(len, &record[8..]) != stored_crc {
+        return Err(Read::Invalid(Invalid::Checksum));
     }
     let stored_position = u64::from_le_bytes(header[8..16].try_into().unwrap_or([0; 8]));
     if stored_position != position {
-        return Read::Invalid(Invalid::Position);
+        return Err(Read::Invalid(Invalid::Position));
     }
-    let batch = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
-    let mut cursor = Cursor {
-        buf,
-        at: at + HEADER_BYTES,
-        end: at + total,
-    };
-    let body = match header[20] {
-        KIND_COMMANDS => cursor.commands().map(Body::Commands),
-        KIND_TX_PART => (|| {
-            let tx = TxTag {
-                generation: cursor.u32()?,
-                home: cursor.u16()?,
-                sequence: cursor.u64()?,
-            };
-            let epoch = cursor.u64()?;
-            let n = cursor.u16()?;
-            let shards = (0..n).map(|_| cursor.u16()).collect::<Option<Vec<u16>>>()?;
-            let commands = cursor.commands()?;
-            Some(Body::TxPart {
-                tx,
-                epoch,
-                shards,
-                commands,
-            })
-        })(),
-        KIND_KEY_STATE => (|| {
-            let db = cursor.u32()?;
-            let key = cursor.bytes()?;
-            let expire = i64::from_le_bytes(buf[cursor.take(8)?..cursor.at].try_into().ok()?);
-            let value = match cursor.u8()? {
-                VALUE_STRING => StoredValue::String(cursor.bytes()?),
-                _ => return None,
-            };
-            Some(Body::KeyState(KeyState {
-                db,
-                key,
-                expire_ms: (expire >= 0).then_some(expire),
-                value,
-            }))
-        })(),
-        _ => None,
-    };
-    match body {
-        Some(body) if cursor.at == cursor.end => Read::Record(
-            Record {
-                position,
-                batch,
-                body,
-            },
-            total,
-        ),
-        _ => Read::Invalid(Invalid::Malformed),
-    }
+    Ok(Framed {
+        batch: u32::from_le_bytes([header[16], header[17], header[18], header[19]]),
+        kind: header[20],
+        cursor: Cursor {
+            buf,
+            at: at + HEADER_BYTES,
+            end: at + total,
+        },
+        total,
+    })
 }
 
 /// The position a header at `buf[at..]` claims, if a header fits there (used to look for valid
@@ -483,6 +600,73 @@ mod tests {
             })
         );
         assert_eq!(n1 + n2 + n3, buf.len());
+    }
+
+    /// What `decode` says of a record, reduced to what `skim` reports.
+    fn decoded_as_skimmed(buf: &Bytes) -> (Read<Skimmed>, Vec<u32>) {
+        match decode(buf, 0, 0) {
+            Read::Record(r, len) => {
+                let (tx, writes) = match &r.body {
+                    Body::Commands(c) => (None, c.iter().map(|c| c.db).collect()),
+                    Body::TxPart { tx, commands, .. } => {
+                        (Some(*tx), commands.iter().map(|c| c.db).collect())
+                    }
+                    Body::KeyState(k) => (None, vec![k.db]),
+                };
+                let skimmed = Skimmed { batch: r.batch, tx };
+                (Read::Record(skimmed, len), writes)
+            }
+            Read::End => (Read::End, Vec::new()),
+            Read::Invalid(why) => (Read::Invalid(why), Vec::new()),
+        }
+    }
+
+    #[test]
+    fn skim_accepts_exactly_what_decode_accepts() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let set = args(&["SET", "key", "value"]);
+        let mut valid = Vec::new();
+        encode_commands(&mut valid, 0, 1, [(2u32, &set), (5u32, &set)].into_iter());
+        let mut tx = Vec::new();
+        let tag = TxTag {
+            generation: 1,
+            home: 0,
+            sequence: 9,
+        };
+        encode_tx_part(&mut tx, 0, 1, tag, 3, &[0, 1], [(1u32, &set)].into_iter());
+        let mut state = Vec::new();
+        encode_key_state(&mut state, 0, 1, 4, b"k", Some(5), b"v");
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            // A body of any kind, valid or mangled (cut, grown, bytes changed) under a good
+            // checksum: the scan must never take a record replay cannot read, or the reverse.
+            let base = match rng.usize(0..3) {
+                0 => &valid,
+                1 => &tx,
+                _ => &state,
+            };
+            let mut body = base[HEADER_BYTES - 1..].to_vec();
+            match rng.usize(0..4) {
+                0 => body.truncate(rng.usize(1..=body.len())),
+                1 => body.extend((0..rng.usize(1..8)).map(|_| rng.u8(..))),
+                2 => {
+                    let i = rng.usize(0..body.len());
+                    body[i] = rng.u8(..);
+                }
+                _ => {}
+            }
+            let mut out = Vec::new();
+            encode(&mut out, 0, 1, body[0], |o| o.extend_from_slice(&body[1..]));
+            let buf = Bytes::from(out);
+            let mut writes = Vec::new();
+            let skimmed = skim(&buf, 0, 0, |db| writes.push(db));
+            match skimmed {
+                Read::Record(..) => accepted += 1,
+                _ => refused += 1,
+            }
+            assert_eq!((skimmed, writes), decoded_as_skimmed(&buf), "body {body:?}");
+        }
+        assert!(accepted > 5000 && refused > 5000, "{accepted} / {refused}");
     }
 
     #[test]

@@ -272,12 +272,6 @@ pub struct Scan {
 }
 
 impl Scan {
-    fn count_writes(&mut self, commands: &[LoggedCommand]) {
-        for c in commands {
-            *self.writes_per_db.entry(c.db).or_default() += 1;
-        }
-    }
-
     /// Keeps the first `valid` bytes of a scanned segment for replay.
     fn keep(&mut self, seg: &SegmentData, valid: usize) {
         self.segments.push(SegmentData {
@@ -291,15 +285,15 @@ impl Scan {
     pub fn iter(&self) -> impl Iterator<Item = Record> + '_ {
         self.segments.iter().flat_map(|seg| {
             let mut at = 0usize;
-            std::iter::from_fn(
-                move || match record::decode(&seg.data, at, seg.start + at as u64) {
+            std::iter::from_fn(move || {
+                match record::decode_again(&seg.data, at, seg.start + at as u64) {
                     Read::Record(record, len) => {
                         at += len;
                         Some(record)
                     }
                     Read::End | Read::Invalid(_) => None,
-                },
-            )
+                }
+            })
         })
     }
 }
@@ -372,7 +366,10 @@ pub fn scan_chain(
         let mut at = 0usize;
         loop {
             let position = seg.start + at as u64;
-            let read = match record::decode(&seg.data, at, position) {
+            let writes = &mut result.writes_per_db;
+            let read = match record::skim(&seg.data, at, position, |db| {
+                *writes.entry(db).or_default() += 1;
+            }) {
                 Read::End if seg.data[at..].iter().any(|&b| b != 0) => {
                     Read::Invalid(record::Invalid::Hole)
                 }
@@ -380,15 +377,8 @@ pub fn scan_chain(
             };
             match read {
                 Read::Record(record, len) => {
-                    match &record.body {
-                        Body::Commands(commands) => result.count_writes(commands),
-                        Body::TxPart { tx, commands, .. } => {
-                            result.tags.insert(*tx);
-                            result.count_writes(commands);
-                        }
-                        Body::KeyState(state) => {
-                            *result.writes_per_db.entry(state.db).or_default() += 1;
-                        }
+                    if let Some(tx) = record.tx {
+                        result.tags.insert(tx);
                     }
                     result.last_batch = record.batch;
                     result.records += 1;
@@ -527,36 +517,34 @@ impl<'a> Replay<'a> {
             self.failures += 1;
             return;
         }
-        let name = args.get(0).to_ascii_lowercase();
-        match name.as_slice() {
-            b"flushall" => {
-                for d in self.dbs.iter_mut() {
-                    let _ = d.flush();
-                }
-                return;
+        // Compared in place: replay runs millions of commands, one allocation each adds up.
+        let name = args.get(0);
+        if name.eq_ignore_ascii_case(b"flushall") {
+            for d in self.dbs.iter_mut() {
+                let _ = d.flush();
             }
-            b"flushdb" => {
-                let _ = self.dbs[db].flush();
-                return;
-            }
-            b"swapdb" => {
-                let index = |i: usize| {
-                    crate::protocol::parser::parse_i64(args.get(i))
-                        .and_then(|n| usize::try_from(n).ok())
-                        .filter(|&n| n < self.dbs.len())
-                };
-                if let (Some(a), Some(b)) = (index(1), index(2)) {
-                    if a != b {
-                        let (low, high) = (a.min(b), a.max(b));
-                        let (left, right) = self.dbs.split_at_mut(high);
-                        Db::swap_contents(&mut left[low], &mut right[0]);
-                    }
-                }
-                return;
-            }
-            _ => {}
+            return;
         }
-        let Some(Handler::Keyed(run, _)) = Registry::get().lookup(&name).map(|c| c.handler) else {
+        if name.eq_ignore_ascii_case(b"flushdb") {
+            let _ = self.dbs[db].flush();
+            return;
+        }
+        if name.eq_ignore_ascii_case(b"swapdb") {
+            let index = |i: usize| {
+                crate::protocol::parser::parse_i64(args.get(i))
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n < self.dbs.len())
+            };
+            if let (Some(a), Some(b)) = (index(1), index(2)) {
+                if a != b {
+                    let (low, high) = (a.min(b), a.max(b));
+                    let (left, right) = self.dbs.split_at_mut(high);
+                    Db::swap_contents(&mut left[low], &mut right[0]);
+                }
+            }
+            return;
+        }
+        let Some(Handler::Keyed(run, _)) = Registry::get().lookup(name).map(|c| c.handler) else {
             self.failures += 1;
             return;
         };
