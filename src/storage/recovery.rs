@@ -181,11 +181,14 @@ pub fn replay(
     config: &Config,
 ) -> Result<u64, RecoveryError> {
     // Sized once up front: growing a table of millions of keys step by step while loading
-    // costs more than the inserts themselves. Transient when the log rewrote the same keys
-    // over and over: the table shrinks after loading, like any mostly empty one.
+    // costs more than the inserts themselves. A log that rewrote the same keys over and over
+    // gets a table too large (it shrinks after loading, like any mostly empty one), at most
+    // RESERVE_MAX_KEYS buckets; past that the table grows while loading.
     for (&db, &writes) in &scan.writes_per_db {
         if let Some(db) = dbs.get_mut(db as usize) {
-            db.reserve_keys(usize::try_from(writes).unwrap_or(usize::MAX));
+            db.reserve_keys(
+                usize::try_from(writes).map_or(RESERVE_MAX_KEYS, |w| w.min(RESERVE_MAX_KEYS)),
+            );
         }
     }
     let mut replay = Replay::new(dbs, config);
@@ -229,6 +232,9 @@ pub fn replay(
     replay.finish();
     Ok(skipped)
 }
+
+/// The most keys a keyspace is sized for before loading (32 MiB of buckets).
+const RESERVE_MAX_KEYS: usize = 1 << 22;
 
 /// How many records replay decodes ahead of the one it applies.
 const PREFETCH_AHEAD: usize = 16;

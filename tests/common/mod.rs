@@ -215,7 +215,11 @@ impl Raw {
                 return self.pending.drain(..len).collect();
             }
             let mut buf = [0u8; 65536];
-            let n = self.stream.read(&mut buf).expect("read a reply");
+            let n = match self.stream.read(&mut buf) {
+                // A read with a socket timeout set can be interrupted without a handler.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => read.expect("read a reply"),
+            };
             assert!(n > 0, "connection closed while waiting for a reply");
             self.pending.extend_from_slice(&buf[..n]);
         }
