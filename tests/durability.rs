@@ -679,6 +679,30 @@ fn a_clean_shutdown_keeps_every_write_it_acknowledged() {
 }
 
 #[test]
+fn a_shutdown_lets_a_command_under_way_finish_and_logs_it() {
+    let args = ["--appendonly", "yes", "--appendfsync", "everysec"];
+    let mut server = start(1, &args);
+    let mut control = server.raw();
+    ok(&mut control, &["DEBUG", "FAULT", "0", "delay", "300"]);
+    let mut writer = server.raw();
+    writer.send(&resp(&[b"SET", b"held", b"v"]));
+    // The SET is under way (held on the shard for 300 ms) when the shutdown begins.
+    std::thread::sleep(Duration::from_millis(100));
+    control.send(&resp(&[b"SHUTDOWN"]));
+    server
+        .wait_exit(WITHIN)
+        .expect("the server exits after SHUTDOWN");
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("tempdir"));
+    let server = restart(dir, 1, &args);
+    let mut raw = server.raw();
+    assert_eq!(
+        raw.cmd(&["GET", "held"]),
+        b"$1\r\nv\r\n",
+        "the SET under way when SHUTDOWN came is not in the log"
+    );
+}
+
+#[test]
 fn waitaof_acknowledged_writes_survive_kill_9_in_everysec_and_no() {
     for mode in ["everysec", "no"] {
         let shards = 2;

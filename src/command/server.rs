@@ -612,7 +612,7 @@ fn shutdown(session: &mut Session, args: Args) -> CoordFuture<'_> {
             return Err(CommandError::err("No shutdown in progress."));
         }
         log::warn!("User requested shutdown...");
-        crate::server::shutdown(&session.shard).await;
+        crate::server::shutdown(&session.shard, 1).await;
         Ok(())
     })
 }
@@ -798,7 +798,8 @@ fn waitaof(session: &mut Session, args: Args) -> CoordFuture<'_> {
     })
 }
 
-/// `DEBUG FAULT <shard> stall|resume|fail-write|fail-sync [count] [EIO|ENOSPC]` (tests only).
+/// `DEBUG FAULT <shard> stall|resume|fail-write|fail-sync [count] [EIO|ENOSPC]`, or
+/// `DEBUG FAULT <shard> delay <ms>` (tests only).
 #[cfg(feature = "fault-injection")]
 async fn debug_fault(session: &mut Session, args: &Args) -> CommandResult {
     let shard = args
@@ -818,7 +819,7 @@ async fn debug_fault(session: &mut Session, args: &Args) -> CommandResult {
         "ENOSPC" => libc::ENOSPC,
         _ => return Err(CommandError::Syntax),
     };
-    if !["stall", "resume", "fail-write", "fail-sync"].contains(&action.as_str()) {
+    if !["stall", "resume", "fail-write", "fail-sync", "delay"].contains(&action.as_str()) {
         return Err(CommandError::Syntax);
     }
     // Armed before the reply: the next command of the test already meets the fault.
@@ -826,6 +827,7 @@ async fn debug_fault(session: &mut Session, args: &Args) -> CommandResult {
         crate::storage::faults::with(|f| match action.as_str() {
             "stall" => f.stall = true,
             "resume" => f.stall = false,
+            "delay" => f.delay_local_ms = u64::from(count),
             "fail-write" => {
                 f.fail_writes = count;
                 f.errno = errno;

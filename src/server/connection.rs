@@ -16,7 +16,7 @@ use glommio::net::TcpStream;
 use super::clients::ClientInfo;
 use super::session::Session;
 use crate::protocol::{Args, ParseLimits, Parsed, RequestParser};
-use crate::shard::Shard;
+use crate::shard::{BusyConnection, Shard};
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -38,6 +38,9 @@ struct Connection {
     parser: RequestParser,
     client: Rc<ClientInfo>,
     shard: Rc<Shard>,
+    /// Held from the first command accepted until every command accepted has run (grouped
+    /// calls to other shards included): a shutdown waits for it before its last sync.
+    busy: Option<BusyConnection>,
 }
 
 impl Connection {
@@ -108,13 +111,23 @@ impl Connection {
                 unauthenticated: session.needs_auth(),
             };
             match self.parser.parse(&mut self.input, limits) {
-                Ok(Parsed::Command(_)) if self.shard.server.stopping() => {
-                    // Shutting down: the logs' last sync must cover every write acknowledged,
-                    // so nothing more runs (Valkey runs nothing once SHUTDOWN started either).
-                    return Ok(Some(Close::Normal));
-                }
                 Ok(Parsed::Command(args)) => {
+                    // Busy before the check: a shutdown that began before it finds this
+                    // connection refusing, one that begins after it waits for its commands.
+                    if self.busy.is_none() {
+                        self.busy = Some(self.shard.connection_busy());
+                    }
+                    if self.shard.server.stopping() {
+                        // Shutting down: the logs' last sync must cover every write
+                        // acknowledged, so nothing more runs (Valkey runs nothing once SHUTDOWN
+                        // started either); what was accepted before still runs to the end.
+                        return Ok(Some(Close::Normal));
+                    }
                     if is_blocking(&args) {
+                        // It may wait without end and writes nothing: a shutdown does not wait
+                        // for it, only for what came before it.
+                        session.flush_group().await;
+                        self.busy = None;
                         if self.handle_watching_close(session, args).await {
                             return Ok(Some(Close::Normal));
                         }
@@ -168,8 +181,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, writer: TcpStream, clien
         parser: RequestParser::new(),
         client,
         shard,
+        busy: None,
     };
     let outcome = serve_loop(&mut conn, &mut session).await;
+    conn.busy = None;
     match outcome {
         Ok(Close::Normal) => {}
         Ok(Close::Refused(why)) => log::debug!("{why}"),
@@ -194,6 +209,8 @@ async fn serve_loop(conn: &mut Connection, session: &mut Session) -> std::io::Re
     loop {
         let close = conn.run_buffered(session).await?;
         session.flush_group().await;
+        // Every command accepted so far has run.
+        conn.busy = None;
         if !session.write_out().await? {
             return Ok(Close::Normal);
         }

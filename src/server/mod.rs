@@ -127,8 +127,10 @@ fn raise_limits(maxclients: u64) {
 
 /// How often a loaded shard checks whether the others have loaded too.
 const START_POLL: Duration = Duration::from_millis(1);
-/// How long shutdown waits for the logs to become durable.
+/// How long shutdown waits for the commands under way, then for the logs to become durable.
 const SHUTDOWN_SYNC_LIMIT: Duration = Duration::from_secs(10);
+/// How often a shutdown looks whether a shard's connections finished their commands.
+const SHUTDOWN_IDLE_POLL: Duration = Duration::from_millis(1);
 
 /// Starts the server and serves until shutdown. Only returns on a start-up failure.
 pub fn run(config: Config, config_file: String) -> Result<(), StartError> {
@@ -278,20 +280,44 @@ async fn watch_for_signals(shard: Rc<Shard>) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
         if shard.server.shutdown_requested() {
             log::warn!("Received a termination signal, scheduling shutdown...");
-            shutdown(&shard).await;
+            shutdown(&shard, 0).await;
         }
     }
 }
 
 /// Stops the server: every shard finishes what must be finished, then the process exits.
-pub async fn shutdown(shard: &Rc<Shard>) {
+/// `asked_by` is the number of `shard`'s connections waiting on this call (1 for the one
+/// that sent SHUTDOWN, 0 for a signal).
+pub async fn shutdown(shard: &Rc<Shard>, asked_by: usize) {
     if !shard.server.begin_shutdown() {
         // Another SHUTDOWN (or the signal watcher) is already finishing the job.
         return std::future::pending().await;
     }
-    // Everything appended to the logs is made durable first (every fsync mode), unless the
-    // disk keeps failing. Commands already under way when the shutdown began (one waiting on
-    // another shard, say) may still append: each shard syncs until its log stops growing.
+    // Commands accepted before the shutdown began run to the end first: one of them may still
+    // be on its way to another shard's log (a write forwarded there, or grouped with others
+    // and sent once its connection's batch was read). No connection accepts any more.
+    let idle: Vec<_> = (0..shard.count())
+        .map(|s| {
+            let allowed = if s == shard.index() { asked_by } else { 0 };
+            shard.call_async(s, move |s| {
+                let s = Rc::clone(s);
+                async move {
+                    while s.busy_connections() > allowed {
+                        glommio::timer::sleep(SHUTDOWN_IDLE_POLL).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let all_idle = async {
+        for wait in idle {
+            let _ = wait.await;
+        }
+    };
+    futures_lite::future::or(all_idle, glommio::timer::sleep(SHUTDOWN_SYNC_LIMIT)).await;
+    // Everything appended to the logs is made durable (every fsync mode), unless the disk
+    // keeps failing; each shard syncs until its log stops growing (its cron may still append
+    // expirations).
     let calls: Vec<_> = (0..shard.count())
         .map(|s| {
             shard.call_async(s, |s| {

@@ -69,6 +69,21 @@ pub struct Shard {
     /// An instant and the Unix time it stands for, refreshed every tick: one clock read gives
     /// both a monotonic instant and the wall-clock time (see [`Shard::now`]).
     clock_base: Cell<(Instant, i64)>,
+    /// This shard's connections with commands accepted and not yet run to the end (a shutdown
+    /// waits for them before its last sync).
+    busy_connections: Cell<usize>,
+}
+
+/// A connection with commands under way (see [`Shard::connection_busy`]).
+pub struct BusyConnection {
+    shard: Rc<Shard>,
+}
+
+impl Drop for BusyConnection {
+    fn drop(&mut self) {
+        let busy = &self.shard.busy_connections;
+        busy.set(busy.get().saturating_sub(1));
+    }
 }
 
 impl Shard {
@@ -94,8 +109,22 @@ impl Shard {
             sync_sink: RefCell::new(None),
             log_floor: Cell::new(0),
             clock_base: Cell::new((Instant::now(), unix_ms())),
+            busy_connections: Cell::new(0),
             server,
         }
+    }
+
+    /// Marks one of this shard's connections busy until the returned guard is dropped.
+    pub fn connection_busy(self: &Rc<Self>) -> BusyConnection {
+        self.busy_connections.set(self.busy_connections.get() + 1);
+        BusyConnection {
+            shard: Rc::clone(self),
+        }
+    }
+
+    /// How many of this shard's connections have commands under way.
+    pub fn busy_connections(&self) -> usize {
+        self.busy_connections.get()
     }
 
     pub fn index(&self) -> usize {
