@@ -123,6 +123,8 @@ impl Db {
     /// While loading, nothing expires.
     pub fn set_loading(&mut self, loading: bool) {
         self.loading = loading;
+        // A keyspace sized up front for the log stays so until it is loaded.
+        self.keys.hold_size(loading);
     }
 
     pub fn is_loading(&self) -> bool {

@@ -87,6 +87,8 @@ pub struct Dict<V> {
     tables: [Table<V>; 2],
     /// The next bucket of `tables[0]` to move, while a rehash is in progress.
     rehash_next: Option<usize>,
+    /// Set while the table must not shrink (see [`Dict::hold_size`]).
+    size_held: bool,
 }
 
 impl<V> Default for Dict<V> {
@@ -100,6 +102,7 @@ impl<V> Dict<V> {
         Dict {
             tables: [Table::empty(), Table::empty()],
             rehash_next: None,
+            size_held: false,
         }
     }
 
@@ -255,11 +258,17 @@ impl<V> Dict<V> {
         }
     }
 
+    /// Keeps the table from shrinking while `hold` is set (loading: a table sized up front
+    /// for the keys to come is mostly empty until they came).
+    pub fn hold_size(&mut self, hold: bool) {
+        self.size_held = hold;
+    }
+
     /// Starts a shrink when the table is mostly empty (the background tick calls this too,
     /// because deletions alone may stop before the threshold is crossed).
     pub fn shrink_if_needed(&mut self) {
         let size = self.tables[0].buckets.len();
-        if self.is_rehashing() || size <= INITIAL_BUCKETS {
+        if self.size_held || self.is_rehashing() || size <= INITIAL_BUCKETS {
             return;
         }
         let used = self.tables[0].used;
@@ -529,6 +538,22 @@ mod tests {
             "a table with entries keeps its size"
         );
         assert_eq!(d.get(key(999).as_slice()), Some(&999));
+    }
+
+    #[test]
+    fn a_held_table_keeps_its_size_through_deletes() {
+        let mut d = Dict::new();
+        d.reserve(1024);
+        d.hold_size(true);
+        d.insert(key(1), 1);
+        d.insert(key(2), 2);
+        assert!(d.remove(key(1).as_slice()).is_some());
+        assert_eq!(d.bucket_count(), 1024, "no shrink while held");
+        d.hold_size(false);
+        d.shrink_if_needed();
+        d.rehash(usize::MAX);
+        assert!(d.bucket_count() < 1024);
+        assert_eq!(d.get(key(2).as_slice()), Some(&2));
     }
 
     #[test]

@@ -180,20 +180,31 @@ pub fn replay(
     dbs: &mut [Db],
     config: &Config,
 ) -> Result<u64, RecoveryError> {
+    let base = match &chain.base {
+        Some(b) => Some(scan_base(scan.shard, &dir.join(&b.file))?),
+        None => None,
+    };
     // Sized once up front: growing a table of millions of keys step by step while loading
     // costs more than the inserts themselves. A log that rewrote the same keys over and over
-    // gets a table too large (it shrinks after loading, like any mostly empty one), at most
-    // RESERVE_MAX_KEYS buckets; past that the table grows while loading.
-    for (&db, &writes) in &scan.writes_per_db {
+    // gets a table too large (it shrinks after loading, like any mostly empty one), so a
+    // shard reserves at most RESERVE_MAX_KEYS in all; past that its tables grow while loading.
+    let mut writes = scan.writes_per_db.clone();
+    if let Some((_, base_writes)) = &base {
+        for (&db, &n) in base_writes {
+            *writes.entry(db).or_default() += n;
+        }
+    }
+    let mut budget = RESERVE_MAX_KEYS;
+    for (&db, &n) in &writes {
         if let Some(db) = dbs.get_mut(db as usize) {
-            db.reserve_keys(
-                usize::try_from(writes).map_or(RESERVE_MAX_KEYS, |w| w.min(RESERVE_MAX_KEYS)),
-            );
+            let keys = usize::try_from(n).map_or(budget, |n| n.min(budget));
+            db.reserve_keys(keys);
+            budget -= keys;
         }
     }
     let mut replay = Replay::new(dbs, config);
-    if let Some(base) = &chain.base {
-        load_base(scan.shard, &dir.join(&base.file), &mut replay)?;
+    if let Some((data, _)) = &base {
+        load_base(data, &mut replay);
     }
     let mut skipped = 0;
     let mut records = scan.iter();
@@ -233,7 +244,8 @@ pub fn replay(
     Ok(skipped)
 }
 
-/// The most keys a keyspace is sized for before loading (32 MiB of buckets).
+/// The most keys a shard's keyspaces are sized for, in all, before loading (32 MiB of
+/// buckets).
 const RESERVE_MAX_KEYS: usize = 1 << 22;
 
 /// How many records replay decodes ahead of the one it applies.
@@ -267,7 +279,8 @@ pub struct Scan {
     /// decoded: a log of millions of small records would need several times its size).
     segments: Vec<SegmentData>,
     /// Key writes per database (commands and key states), to size each keyspace before
-    /// replaying: an upper bound on the keys it will hold, exact for a log of distinct SETs.
+    /// replaying: a guess at the keys it will hold (exact for a log of distinct SETs; one
+    /// MSET counts once, a SWAPDB moves keys it does not count).
     pub writes_per_db: HashMap<u32, u64>,
     /// The cross-shard transactions it holds a part of.
     pub tags: HashSet<TxTag>,
@@ -461,20 +474,19 @@ fn valid_record_after(segments: &[SegmentData], bad_at: usize, last_batch: u32) 
     None
 }
 
-/// Replays a base: a segment of key-state records from position 0, written whole before the
-/// manifest named it (any damage is corruption).
-fn load_base(shard: usize, path: &Path, replay: &mut Replay<'_>) -> Result<(), RecoveryError> {
+/// Reads and checks a base: a segment of key-state records from position 0, written whole
+/// before the manifest named it (any damage is corruption). Returns its records and the key
+/// states per database.
+fn scan_base(shard: usize, path: &Path) -> Result<(Bytes, HashMap<u32, u64>), RecoveryError> {
     let data = read_records(path, shard, 0)?;
+    let mut writes = HashMap::new();
     let mut at = 0usize;
     loop {
-        match record::decode(&data, at, at as u64) {
-            Read::Record(r, len) => {
-                if let Body::KeyState(state) = &r.body {
-                    replay.key_state(state);
-                }
-                at += len;
-            }
-            Read::End => return Ok(()),
+        match record::skim(&data, at, at as u64, |db| {
+            *writes.entry(db).or_default() += 1;
+        }) {
+            Read::Record(_, len) => at += len,
+            Read::End => return Ok((data, writes)),
             Read::Invalid(what) => {
                 return Err(RecoveryError::Corrupt {
                     file: path.to_path_buf(),
@@ -483,6 +495,17 @@ fn load_base(shard: usize, path: &Path, replay: &mut Replay<'_>) -> Result<(), R
                 })
             }
         }
+    }
+}
+
+/// Applies a base [`scan_base`] checked.
+fn load_base(data: &Bytes, replay: &mut Replay<'_>) {
+    let mut at = 0usize;
+    while let Read::Record(r, len) = record::decode_again(data, at, at as u64) {
+        if let Body::KeyState(state) = &r.body {
+            replay.key_state(state);
+        }
+        at += len;
     }
 }
 

@@ -112,10 +112,12 @@ pub fn map_used(path: &Path) -> std::io::Result<Bytes> {
     if file.metadata()?.len() == 0 {
         return Ok(Bytes::new());
     }
-    // SAFETY: the mapping is read-only and lives only while the log is loaded. Only this
-    // process writes the log (the data directory is locked), and it writes nothing before
-    // loading is over; a file changed under the mapping by someone else would end the process
-    // (SIGBUS), not corrupt memory.
+    // SAFETY: the mapping is read-only and lives only while the log is loaded (or read by a
+    // tool); nothing in this process writes the file meanwhile, and a server's data directory
+    // is locked against other servers. What mapping cannot defend against is another process
+    // changing the file under it: truncated, it ends this process (SIGBUS); rewritten in
+    // place, bytes already checked would change. A disk read error also surfaces as SIGBUS
+    // rather than as an error.
     let map = unsafe { memmap2::Mmap::map(&file)? };
     // Only a hint: loading reads the records in order, once.
     let _ = map.advise(memmap2::Advice::Sequential);
