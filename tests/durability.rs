@@ -679,26 +679,39 @@ fn a_clean_shutdown_keeps_every_write_it_acknowledged() {
 }
 
 #[test]
-fn a_shutdown_lets_a_command_under_way_finish_and_logs_it() {
+fn a_shutdown_lets_commands_under_way_finish_and_logs_them() {
     let args = ["--appendonly", "yes", "--appendfsync", "everysec"];
-    let mut server = start(1, &args);
+    let mut server = start(2, &args);
     let mut control = server.raw();
-    ok(&mut control, &["DEBUG", "FAULT", "0", "delay", "300"]);
+    // Whichever shard the writer's connection is on holds its next grouped calls a second.
+    for shard in ["0", "1"] {
+        ok(&mut control, &["DEBUG", "FAULT", shard, "delay", "1000"]);
+    }
+    // One key per shard, pipelined: the SET for the other shard is grouped (and whatever
+    // follows it), and the group is held when SHUTDOWN comes.
+    let (a, b) = (key_on(0, 2, "held-a"), key_on(1, 2, "held-b"));
     let mut writer = server.raw();
-    writer.send(&resp(&[b"SET", b"held", b"v"]));
-    // The SET is under way (held on the shard for 300 ms) when the shutdown begins.
-    std::thread::sleep(Duration::from_millis(100));
+    let mut batch = resp(&[b"SET", a.as_bytes(), b"1"]);
+    batch.extend_from_slice(&resp(&[b"SET", b.as_bytes(), b"2"]));
+    writer.send(&batch);
+    assert!(
+        eventually(WITHIN, || control
+            .cmd_text(&["CLIENT", "LIST"])
+            .contains("cmd=set")),
+        "the SETs never started"
+    );
     control.send(&resp(&[b"SHUTDOWN"]));
+    // It waits for the SETs, not for its own connection (nor the whole shutdown limit).
     server
-        .wait_exit(WITHIN)
-        .expect("the server exits after SHUTDOWN");
+        .wait_exit(Duration::from_secs(5))
+        .expect("the server exits soon after SHUTDOWN");
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("tempdir"));
-    let server = restart(dir, 1, &args);
+    let server = restart(dir, 2, &args);
     let mut raw = server.raw();
     assert_eq!(
-        raw.cmd(&["GET", "held"]),
-        b"$1\r\nv\r\n",
-        "the SET under way when SHUTDOWN came is not in the log"
+        raw.cmd(&["MGET", &a, &b]),
+        b"*2\r\n$1\r\n1\r\n$1\r\n2\r\n",
+        "the SETs under way when SHUTDOWN came are not in the log"
     );
 }
 

@@ -612,7 +612,10 @@ fn shutdown(session: &mut Session, args: Args) -> CoordFuture<'_> {
             return Err(CommandError::err("No shutdown in progress."));
         }
         log::warn!("User requested shutdown...");
-        crate::server::shutdown(&session.shard, 1).await;
+        // This connection waits on the shutdown (won or lost to another one): none waits
+        // on it.
+        session.shard.connection_shutting_down();
+        crate::server::shutdown(&session.shard).await;
         Ok(())
     })
 }
@@ -827,7 +830,7 @@ async fn debug_fault(session: &mut Session, args: &Args) -> CommandResult {
         crate::storage::faults::with(|f| match action.as_str() {
             "stall" => f.stall = true,
             "resume" => f.stall = false,
-            "delay" => f.delay_local_ms = u64::from(count),
+            "delay" => f.delay_group_ms = u64::from(count),
             "fail-write" => {
                 f.fail_writes = count;
                 f.errno = errno;

@@ -39,7 +39,8 @@ struct Connection {
     client: Rc<ClientInfo>,
     shard: Rc<Shard>,
     /// Held from the first command accepted until every command accepted has run (grouped
-    /// calls to other shards included): a shutdown waits for it before its last sync.
+    /// calls to other shards included): a shutdown waits for it before its last sync. Not
+    /// held while a blocking command (WAIT, WAITAOF) waits.
     busy: Option<BusyConnection>,
 }
 
@@ -140,6 +141,9 @@ impl Connection {
                     }
                     if session.out.len() >= OUTPUT_FLUSH_BYTES {
                         session.flush_group().await;
+                        // Everything accepted has run: a client slow to read its replies does
+                        // not hold up a shutdown.
+                        self.busy = None;
                         if !session.write_out().await? {
                             return Ok(Some(Close::Normal));
                         }

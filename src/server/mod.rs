@@ -280,15 +280,13 @@ async fn watch_for_signals(shard: Rc<Shard>) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
         if shard.server.shutdown_requested() {
             log::warn!("Received a termination signal, scheduling shutdown...");
-            shutdown(&shard, 0).await;
+            shutdown(&shard).await;
         }
     }
 }
 
 /// Stops the server: every shard finishes what must be finished, then the process exits.
-/// `asked_by` is the number of `shard`'s connections waiting on this call (1 for the one
-/// that sent SHUTDOWN, 0 for a signal).
-pub async fn shutdown(shard: &Rc<Shard>, asked_by: usize) {
+pub async fn shutdown(shard: &Rc<Shard>) {
     if !shard.server.begin_shutdown() {
         // Another SHUTDOWN (or the signal watcher) is already finishing the job.
         return std::future::pending().await;
@@ -298,11 +296,10 @@ pub async fn shutdown(shard: &Rc<Shard>, asked_by: usize) {
     // and sent once its connection's batch was read). No connection accepts any more.
     let idle: Vec<_> = (0..shard.count())
         .map(|s| {
-            let allowed = if s == shard.index() { asked_by } else { 0 };
-            shard.call_async(s, move |s| {
+            shard.call_async(s, |s| {
                 let s = Rc::clone(s);
                 async move {
-                    while s.busy_connections() > allowed {
+                    while s.busy_connections() > 0 {
                         glommio::timer::sleep(SHUTDOWN_IDLE_POLL).await;
                     }
                 }

@@ -368,13 +368,6 @@ impl Session {
 
     /// Runs calls on the own shard, writing into the output, waiting out transaction locks.
     async fn run_local(&mut self, calls: Vec<KeyedCall>) {
-        #[cfg(feature = "fault-injection")]
-        {
-            let delay = crate::storage::faults::with(|f| std::mem::take(&mut f.delay_local_ms));
-            if delay > 0 {
-                glommio::timer::sleep(std::time::Duration::from_millis(delay)).await;
-            }
-        }
         let mode = self.mode();
         let mut effects = Effects::default();
         let start = self.out.len();
@@ -481,6 +474,13 @@ impl Session {
     pub async fn flush_group(&mut self) {
         if self.group.is_empty() {
             return;
+        }
+        #[cfg(feature = "fault-injection")]
+        {
+            let delay = crate::storage::faults::with(|f| std::mem::take(&mut f.delay_group_ms));
+            if delay > 0 {
+                glommio::timer::sleep(std::time::Duration::from_millis(delay)).await;
+            }
         }
         let mode = self.mode();
         let local = self.shard.index();

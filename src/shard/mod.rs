@@ -72,6 +72,8 @@ pub struct Shard {
     /// This shard's connections with commands accepted and not yet run to the end (a shutdown
     /// waits for them before its last sync).
     busy_connections: Cell<usize>,
+    /// Of those, the ones whose command is a SHUTDOWN (they wait on the shutdown itself).
+    shutting_down: Cell<usize>,
 }
 
 /// A connection with commands under way (see [`Shard::connection_busy`]).
@@ -110,6 +112,7 @@ impl Shard {
             log_floor: Cell::new(0),
             clock_base: Cell::new((Instant::now(), unix_ms())),
             busy_connections: Cell::new(0),
+            shutting_down: Cell::new(0),
             server,
         }
     }
@@ -122,9 +125,18 @@ impl Shard {
         }
     }
 
-    /// How many of this shard's connections have commands under way.
+    /// How many of this shard's connections have commands under way that a shutdown must
+    /// wait for (a connection whose command is SHUTDOWN waits on it instead).
     pub fn busy_connections(&self) -> usize {
-        self.busy_connections.get()
+        self.busy_connections
+            .get()
+            .saturating_sub(self.shutting_down.get())
+    }
+
+    /// Notes that one of this shard's busy connections runs SHUTDOWN: it stays busy until
+    /// the process exits, and no shutdown waits for it.
+    pub fn connection_shutting_down(&self) {
+        self.shutting_down.set(self.shutting_down.get() + 1);
     }
 
     pub fn index(&self) -> usize {

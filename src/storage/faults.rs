@@ -1,6 +1,6 @@
 //! Test-only fault injection (`--features fault-injection`, `DEBUG FAULT …`): stall a shard's
-//! commit loop, make its next writes or syncs fail with a chosen OS error, or hold its next
-//! local command for a while.
+//! commit loop, make its next writes or syncs fail with a chosen OS error, or hold a
+//! connection's next grouped calls for a while.
 
 use std::cell::RefCell;
 
@@ -14,9 +14,9 @@ pub struct Faults {
     /// That many next syncs fail with `errno`.
     pub fail_syncs: u32,
     pub errno: i32,
-    /// The next keyed command a connection of this shard runs on the shard itself waits this
-    /// many milliseconds first (to hold a command under way).
-    pub delay_local_ms: u64,
+    /// The next grouped calls a connection of this shard sends out (to other shards, and its
+    /// own after them) wait this many milliseconds first (to hold commands under way).
+    pub delay_group_ms: u64,
 }
 
 /// Where the commit loop asks.
