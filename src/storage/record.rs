@@ -348,6 +348,21 @@ pub struct Skimmed {
     pub tx: Option<TxTag>,
 }
 
+/// Why there is no record at a position: the end of the records, or damage.
+enum NoRecord {
+    End,
+    Invalid(Invalid),
+}
+
+impl<R> From<NoRecord> for Read<R> {
+    fn from(none: NoRecord) -> Read<R> {
+        match none {
+            NoRecord::End => Read::End,
+            NoRecord::Invalid(why) => Read::Invalid(why),
+        }
+    }
+}
+
 /// A record's header, checked: its batch and kind, and a cursor over its body.
 struct Framed<'a> {
     batch: u32,
@@ -394,10 +409,10 @@ pub fn decode_again(buf: &Bytes, at: usize, position: u64) -> Read {
     decode_framed(buf, framed(buf, at, position, false), position)
 }
 
-fn decode_framed(buf: &Bytes, framed: Result<Framed<'_>, Read>, position: u64) -> Read {
+fn decode_framed(buf: &Bytes, framed: Result<Framed<'_>, NoRecord>, position: u64) -> Read {
     let mut f = match framed {
         Ok(f) => f,
-        Err(read) => return read,
+        Err(none) => return none.into(),
     };
     let body = f.cursor.body(f.kind, |db, spans| LoggedCommand {
         db,
@@ -447,9 +462,7 @@ fn decode_framed(buf: &Bytes, framed: Result<Framed<'_>, Read>, position: u64) -
 pub fn skim(buf: &Bytes, at: usize, position: u64, mut write: impl FnMut(u32)) -> Read<Skimmed> {
     let mut f = match framed(buf, at, position, true) {
         Ok(f) => f,
-        Err(Read::End) => return Read::End,
-        Err(Read::Invalid(why)) => return Read::Invalid(why),
-        Err(Read::Record(..)) => return Read::Invalid(Invalid::Malformed),
+        Err(none) => return none.into(),
     };
     // Reported only once the whole record checked out.
     let mut writes = smallvec::SmallVec::<[u32; 4]>::new();
@@ -470,38 +483,38 @@ pub fn skim(buf: &Bytes, at: usize, position: u64, mut write: impl FnMut(u32)) -
 
 /// Checks the header of the record at `buf[at..]` (length, checksum unless `verify` is off,
 /// position); the end of the records or why there is no record there otherwise.
-fn framed(buf: &Bytes, at: usize, position: u64, verify: bool) -> Result<Framed<'_>, Read> {
+fn framed(buf: &Bytes, at: usize, position: u64, verify: bool) -> Result<Framed<'_>, NoRecord> {
     let Some(header) = buf.get(at..at + HEADER_BYTES) else {
         return Err(
             if buf
                 .get(at..)
                 .is_some_and(|rest| rest.iter().all(|&b| b == 0))
             {
-                Read::End
+                NoRecord::End
             } else {
-                Read::Invalid(Invalid::Truncated)
+                NoRecord::Invalid(Invalid::Truncated)
             },
         );
     };
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     if len == 0 {
         return Err(if header.iter().all(|&b| b == 0) {
-            Read::End
+            NoRecord::End
         } else {
-            Read::Invalid(Invalid::Checksum)
+            NoRecord::Invalid(Invalid::Checksum)
         });
     }
     let total = HEADER_BYTES - 1 + len as usize;
     let Some(record) = buf.get(at..at + total) else {
-        return Err(Read::Invalid(Invalid::Truncated));
+        return Err(NoRecord::Invalid(Invalid::Truncated));
     };
     let stored_crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if verify && checksum(len, &record[8..]) != stored_crc {
-        return Err(Read::Invalid(Invalid::Checksum));
+        return Err(NoRecord::Invalid(Invalid::Checksum));
     }
     let stored_position = u64::from_le_bytes(header[8..16].try_into().unwrap_or([0; 8]));
     if stored_position != position {
-        return Err(Read::Invalid(Invalid::Position));
+        return Err(NoRecord::Invalid(Invalid::Position));
     }
     Ok(Framed {
         batch: u32::from_le_bytes([header[16], header[17], header[18], header[19]]),
